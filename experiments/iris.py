@@ -1,0 +1,60 @@
+"""Iris: scikit-learn's bundled 150 flowers, 4 measurements, 3 species, a 4-10-10-3 MLP."""
+
+import keras
+from sklearn.datasets import load_iris
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from experiments.task import Splits, Task, Variant
+
+TEST_FRACTION = 0.2
+
+
+def load_iris_splits(data_path, seed):
+    iris = load_iris()
+    x_train, x_test, y_train, y_test = train_test_split(
+        iris.data, iris.target, test_size=TEST_FRACTION, stratify=iris.target, random_state=seed
+    )
+    scaler = StandardScaler().fit(x_train)  # statistics from the training split only
+    return Splits(
+        scaler.transform(x_train).astype("float32"),
+        y_train,
+        scaler.transform(x_test).astype("float32"),
+        y_test,
+        class_names=tuple(iris.target_names),
+    )
+
+
+def mlp(input_shape, num_outputs, units):
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dense(num_outputs, activation="softmax"),
+        ],
+        name="iris_mlp",
+    )
+
+
+TASK = Task(
+    name="iris",
+    kind="multiclass",
+    load=load_iris_splits,
+    variants={
+        "mlp": Variant(
+            build=mlp,
+            defaults={"units": 10},
+            description="4-10-10-3 MLP, sparse categorical cross-entropy",
+            reference=">= 0.95 accuracy",
+        )
+    },
+    short_entry_point=True,
+    default_variant="mlp",
+    defaults={
+        "epochs": 150,
+        "batch_size": 8,
+        "optimizer": "adam",
+        "learning_rate": 0.01,
+    },
+)

@@ -1,0 +1,249 @@
+"""MNIST digits: the tutorial's MLPs and CNNs, with L1/L2, batch norm, dropout and augmentation.
+
+Every variant reads the same uint8 images, shaped (28, 28, 1), and scales them inside
+the model, so the logged model takes raw pixels.
+"""
+
+import functools
+import zipfile
+
+import keras
+import numpy as np
+
+from experiments.datafiles import PROJECT_DATA, existing_path
+from experiments.task import InputError, Splits, Task, Variant
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+LOCAL_NPZ = PROJECT_DATA / "mnist.npz"
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+HOW_TO_GET = (
+    "put Keras' mnist.npz (https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz) "
+    "at data/mnist.npz or pass -P data=/path/to/mnist.npz"
+)
+
+
+def load_mnist(data_path, seed):
+    if data_path is not None:
+        path = existing_path(data_path, "MNIST file", HOW_TO_GET)
+    elif LOCAL_NPZ.exists():
+        path = LOCAL_NPZ
+    else:
+        try:  # Keras' own cache, then its download
+            path = keras.utils.get_file(
+                "mnist.npz",
+                "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+                file_hash="731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+            )
+        except Exception as error:
+            raise InputError(f"MNIST not found at {LOCAL_NPZ} and download failed ({error}): {HOW_TO_GET}")
+    arrays = read_npz(path)
+    return Splits(
+        arrays["x_train"][..., np.newaxis],
+        arrays["y_train"],
+        arrays["x_test"][..., np.newaxis],
+        arrays["y_test"],
+        source=str(path),
+        class_names=tuple(str(digit) for digit in range(NUM_CLASSES)),
+    )
+
+
+def read_npz(path):
+    """Keras' layout: uint8 images (n, 28, 28) and integer labels 0-9."""
+    try:
+        with np.load(path) as npz:
+            missing = [key for key in NPZ_KEYS if key not in npz.files]
+            if missing:
+                raise InputError(f"{path} lacks array(s) {', '.join(missing)} (Keras' mnist.npz layout)")
+            arrays = {key: npz[key] for key in NPZ_KEYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise InputError(f"{path} is not a readable .npz file ({error})") from None
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[:2]:
+            raise InputError(f"{path}: x_{split} has shape {images.shape}, expected (n, 28, 28)")
+        if len(labels) != len(images) or not np.isin(labels, np.arange(NUM_CLASSES)).all():
+            raise InputError(f"{path}: y_{split} must hold one label 0-9 per image")
+    return {
+        "x_train": arrays["x_train"].astype("uint8"),
+        "y_train": arrays["y_train"].astype("int64"),
+        "x_test": arrays["x_test"].astype("uint8"),
+        "y_test": arrays["y_test"].astype("int64"),
+    }
+
+
+def mlp(input_shape, num_outputs, units, hidden_layers, dropout):
+    model = keras.Sequential(
+        [keras.Input(shape=input_shape), keras.layers.Rescaling(1 / 255), keras.layers.Flatten()],
+        name="mnist_mlp",
+    )
+    for _ in range(hidden_layers):
+        model.add(keras.layers.Dense(units, activation="relu"))
+        model.add(keras.layers.Dropout(dropout))
+    model.add(keras.layers.Dense(num_outputs, activation="softmax"))
+    return model
+
+
+def conv_net(
+    input_shape,
+    num_outputs,
+    filters,
+    units,
+    conv_dropout=0.0,
+    dropout=0.0,
+    l1=0.0,
+    l2=0.0,
+    batch_norm=False,
+):
+    """The tutorial's conv_net: conv32-pool-conv64-pool-conv64-dense64-softmax10.
+
+    `filters` sets the first layer's width; the two later ones are twice as wide.
+    """
+    regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
+
+    def conv_block(width):
+        block = [keras.layers.Conv2D(width, 3, kernel_regularizer=regularizer, use_bias=not batch_norm)]
+        if batch_norm:
+            block.append(keras.layers.BatchNormalization())
+        block.append(keras.layers.Activation("relu"))
+        return block
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            keras.layers.Rescaling(1 / 255),
+            *conv_block(filters),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Dropout(conv_dropout),
+            *conv_block(2 * filters),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Dropout(conv_dropout),
+            *conv_block(2 * filters),
+            keras.layers.Flatten(),
+            keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(num_outputs, activation="softmax"),
+        ],
+        name="mnist_conv_net",
+    )
+
+
+def workshop_cnn(input_shape, num_outputs, filters, units, dropout):
+    """The workshop CNN: 16 5x5, pool, 32 5x5, pool, dense 128, dropout 0.4."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(filters, 5, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(2 * filters, 5, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(num_outputs, activation="softmax"),
+        ],
+        name="mnist_workshop_cnn",
+    )
+
+
+def invert(images):
+    return 255 - images
+
+
+def add_inverted_copies(splits):
+    # White-on-black and black-on-white digits, so the model reads both.
+    return Splits(
+        np.concatenate([splits.x_train, invert(splits.x_train)]),
+        np.concatenate([splits.y_train, splits.y_train]),
+        splits.x_test,
+        splits.y_test,
+        x_val=None if splits.x_val is None else np.concatenate([splits.x_val, invert(splits.x_val)]),
+        y_val=None if splits.y_val is None else np.concatenate([splits.y_val, splits.y_val]),
+        source=splits.source,
+        class_names=splits.class_names,
+    )
+
+
+def inverted_test_accuracy(model, splits):
+    probabilities = model.predict(invert(splits.x_test), batch_size=1024, verbose=0)
+    return {"test_accuracy_inverted": float(np.mean(probabilities.argmax(axis=1) == splits.y_test))}
+
+
+MLP_TRAINING = {"epochs": 15, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.001}
+CNN_TRAINING = {"epochs": 12, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.001}
+CONV_NET = {"filters": 32, "units": 64, "dropout": 0.0}
+
+TASK = Task(
+    name="mnist",
+    kind="multiclass",
+    load=load_mnist,
+    variants={
+        "mlp": Variant(
+            build=mlp,
+            defaults={**MLP_TRAINING, "units": 512, "hidden_layers": 1, "dropout": 0.0},
+            description="one hidden layer of 512 relu units",
+            reference="98.31%",
+        ),
+        "mlp_deep": Variant(
+            build=mlp,
+            defaults={**MLP_TRAINING, "units": 512, "hidden_layers": 2, "dropout": 0.0},
+            description="two hidden layers of 512",
+            reference="98.59% (two-layer MLP)",
+        ),
+        "mlp_dropout": Variant(
+            build=mlp,
+            defaults={**MLP_TRAINING, "units": 512, "hidden_layers": 2, "dropout": 0.5},
+            description="512-512 with dropout 0.5",
+        ),
+        "mlp_sgd": Variant(
+            build=mlp,
+            defaults={
+                "epochs": 30,
+                "batch_size": 500,
+                "optimizer": "sgd",
+                "learning_rate": 0.1,
+                "validation_fraction": 0.1,
+                "units": 32,
+                "hidden_layers": 1,
+                "dropout": 0.0,
+            },
+            description="784-32-10 trained with plain SGD, batch 500",
+        ),
+        "cnn": Variant(
+            build=conv_net,
+            defaults={**CNN_TRAINING, **CONV_NET},
+            description="conv32-pool-conv64-pool-conv64-dense64-softmax10",
+            reference="99.34% after 60 epochs",
+        ),
+        "cnn_l1": Variant(
+            build=conv_net,
+            defaults={**CNN_TRAINING, **CONV_NET, "l1": 1e-5},
+            description="conv_net with an L1 kernel regularizer",
+        ),
+        "cnn_l2": Variant(
+            build=conv_net,
+            defaults={**CNN_TRAINING, **CONV_NET, "l2": 1e-4},
+            description="conv_net with an L2 kernel regularizer",
+        ),
+        "cnn_bn": Variant(
+            build=functools.partial(conv_net, batch_norm=True),
+            defaults={**CNN_TRAINING, **CONV_NET},
+            description="conv_net with batch normalization after every convolution",
+        ),
+        "cnn_dropout": Variant(
+            build=conv_net,
+            defaults={**CNN_TRAINING, **CONV_NET, "conv_dropout": 0.25, "dropout": 0.5},
+            description="conv_net with dropout after each pooling and before the classifier",
+        ),
+        "cnn_augment": Variant(
+            build=workshop_cnn,
+            defaults={**CNN_TRAINING, "filters": 16, "units": 128, "dropout": 0.4},
+            description="workshop CNN trained on the images plus colour-inverted copies",
+            prepare_train=add_inverted_copies,
+            extra_metrics=inverted_test_accuracy,
+        ),
+    },
+    default_variant="cnn",
+    data_help="MNIST in Keras' mnist.npz layout: " + HOW_TO_GET,
+)

@@ -1,0 +1,1 @@
+"""The shared training pipeline and the entry-point code behind MLproject."""

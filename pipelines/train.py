@@ -1,0 +1,150 @@
+"""The one training pipeline every task and variant runs through, for plain runs and sweeps.
+
+Steps are plain functions: prepare_data -> build_model -> fit_model -> evaluate_model;
+`train` chains them inside an MLflow run and logs what autologging does not.
+"""
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banners out of the logs
+
+import keras
+import mlflow
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pipelines import reporting, tracking
+from pipelines.params import model_params
+
+EVALUATION_BATCH_SIZE = 1024
+LOSSES = {
+    "binary": "binary_crossentropy",
+    "multiclass": "sparse_categorical_crossentropy",
+    "regression": "mse",
+}
+METRICS = {"binary": ["accuracy"], "multiclass": ["accuracy"], "regression": ["mae"]}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    model_id: str
+    metrics: dict
+    history: dict
+
+
+def seed_everything(seed):
+    """Same seed and parameters, same metrics: seed everything and use deterministic ops."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def prepare_data(task, variant, params):
+    """Load the task's splits, subsample for a quick look, hold out validation data."""
+    data_path = Path(params["data"]) if params.get("data") else None
+    splits = task.load(data_path, params["seed"])
+    splits = subsample(splits, params["max_samples"], params["seed"])
+    if splits.x_val is None and params["validation_fraction"] > 0:
+        splits = hold_out_validation(splits, params["validation_fraction"], params["seed"], task.kind)
+    prepare_train = task.variants[variant].prepare_train
+    return prepare_train(splits) if prepare_train else splits
+
+
+def subsample(splits, max_samples, seed):
+    if not max_samples or max_samples >= len(splits.x_train):
+        return splits
+    keep = np.random.default_rng(seed).permutation(len(splits.x_train))[:max_samples]
+    return replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep])
+
+
+def hold_out_validation(splits, fraction, seed, kind):
+    # Stratify classes when every class has enough examples; tiny subsets fall back to random.
+    stratify = splits.y_train if kind != "regression" else None
+    try:
+        parts = train_test_split(splits.x_train, splits.y_train, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:
+        parts = train_test_split(splits.x_train, splits.y_train, test_size=fraction, random_state=seed)
+    x_train, x_val, y_train, y_val = parts
+    return replace(splits, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+
+
+def build_model(task, variant, params, splits):
+    num_outputs = len(splits.class_names) if task.kind == "multiclass" else 1
+    model = task.variants[variant].build(splits.x_train.shape[1:], num_outputs, **model_params(params))
+    optimizer = keras.optimizers.get(
+        {"class_name": params["optimizer"], "config": {"learning_rate": params["learning_rate"]}}
+    )
+    model.compile(optimizer=optimizer, loss=LOSSES[task.kind], metrics=METRICS[task.kind])
+    return model
+
+
+def fit_model(model, splits, params, callbacks=()):
+    validation = (splits.x_val, splits.y_val) if splits.x_val is not None else None
+    history = model.fit(
+        splits.x_train,
+        splits.y_train,
+        validation_data=validation,
+        epochs=params["epochs"],
+        batch_size=params["batch_size"],
+        callbacks=list(callbacks),
+        verbose=2,
+    )
+    return history.history
+
+
+def evaluate_model(model, task, variant, splits):
+    """Held-out metrics on the test split, and the confusion matrix for classifiers."""
+    scores = model.evaluate(
+        splits.x_test, splits.y_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0, return_dict=True
+    )
+    metrics = {f"test_{name}": float(value) for name, value in scores.items()}
+    if task.kind == "regression":
+        metrics["test_mse"] = metrics["test_loss"]
+    matrix = None
+    if task.kind != "regression":
+        outputs = model.predict(splits.x_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
+        metrics |= reporting.classification_metrics(task.kind, splits.y_test, outputs, splits.class_names)
+        matrix = reporting.confusion(task.kind, splits.y_test, outputs, splits.class_names)
+    extra_metrics = task.variants[variant].extra_metrics
+    if extra_metrics:
+        metrics |= extra_metrics(model, splits)
+    return metrics, matrix
+
+
+def train(task, variant, params, callbacks=(), tags=None):
+    """Train one task variant in a tracked MLflow run and return its test metrics.
+
+    Plain runs and sweep trials both come through here; a sweep passes its pruning
+    callback and calls it inside its parent run, which makes this run a nested one.
+    """
+    name = task.qualified_name(variant)
+    seed_everything(params["seed"])
+    splits = prepare_data(task, variant, params)  # bad data fails here, before any run starts
+    tracking.enable_autolog()
+    run_tags = {"task": task.name, "variant": variant, "entry_point": name, **(tags or {})}
+    with tracking.training_run(run_name=name, tags=run_tags) as run:
+        tracking.log_new_params(params)
+        digests = tracking.log_splits(splits, name=task.name)
+        mlflow.set_tag("dataset_digest", digests["train"])
+        model = build_model(task, variant, params, splits)
+        mlflow.log_param("num_params", model.count_params())
+        timer = tracking.EpochTimer()
+        start = time.perf_counter()
+        history = fit_model(model, splits, params, [timer, *callbacks])
+        train_seconds = time.perf_counter() - start
+        metrics, matrix = evaluate_model(model, task, variant, splits)
+        model_info = tracking.log_model(model, splits.x_train)
+        mlflow.log_metrics({**metrics, "train_time_s": train_seconds}, model_id=model_info.model_id)
+        tracking.log_figure(reporting.learning_curves(history), "figures/learning_curves.png")
+        if matrix is not None:
+            tracking.log_figure(reporting.confusion_figure(matrix, splits.class_names), "figures/confusion_matrix.png")
+            mlflow.log_dict(
+                {"labels": list(splits.class_names), "matrix": matrix.tolist()}, "evaluation/confusion_matrix.json"
+            )
+    return TrainResult(run.info.run_id, model_info.model_id, metrics, history)
