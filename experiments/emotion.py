@@ -164,10 +164,10 @@ def _stack(images, labels):
 
 # The tutorial's ImageDataGenerator(rescale, shear, zoom, horizontal_flip) as Keras 3 layers;
 # they are active only in training, so the logged model takes raw pixels.
-# Shear is one-sided, (0, SHEAR): Keras 3.15 saves a symmetric factor as [-0.2, 0.2] and then
+# Shear is one-sided, (0, SHEAR): Keras 3.15 saves a symmetric factor as [-0.1, 0.1] and then
 # refuses to load it. The random flip before it mirrors half the images, covering both directions.
-SHEAR = (0.0, 0.2)
-ZOOM = 0.2
+SHEAR = (0.0, 0.1)
+ZOOM = 0.1
 
 
 def emotion_cnn(input_shape, num_outputs, filters, units, dropout):

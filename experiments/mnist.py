@@ -171,7 +171,8 @@ def inverted_test_accuracy(model, splits):
 
 
 MLP_TRAINING = {"epochs": 15, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.001}
-CNN_TRAINING = {"epochs": 12, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.001}
+# Cosine decay gets the tutorial's conv_net past 99% in 12 epochs, where a constant rate needs far more.
+CNN_TRAINING = {"epochs": 12, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "lr_schedule": "cosine"}
 CONV_NET = {"filters": 32, "units": 64, "dropout": 0.0}
 
 TASK = Task(

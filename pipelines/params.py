@@ -11,6 +11,7 @@ from typing import Callable
 from experiments import InputError
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ TRAINING_PARAMS = {
     "batch_size": Param(int, _at_least(1), "an integer >= 1", "examples per gradient step"),
     "learning_rate": Param(float, lambda value: value > 0, "a number > 0", "the optimizer's step size"),
     "optimizer": Param(str, lambda value: value in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}", "the optimizer"),
+    "lr_schedule": Param(
+        str,
+        lambda value: value in LR_SCHEDULES,
+        f"one of {', '.join(LR_SCHEDULES)}",
+        "constant, or cosine decay from learning_rate to 0 over all epochs",
+    ),
     "seed": Param(int, _at_least(0), "an integer >= 0", "seeds Python, NumPy, Keras and the data splits"),
     "max_samples": Param(int, _at_least(0), "an integer >= 0", "train on this many examples; 0 uses all"),
     "validation_fraction": Param(
@@ -55,6 +62,7 @@ PARAMS = {**TRAINING_PARAMS, **MODEL_PARAMS}
 COMMON_DEFAULTS = {
     "optimizer": "adam",
     "learning_rate": 0.001,
+    "lr_schedule": "constant",
     "seed": 42,
     "max_samples": 0,
     "validation_fraction": 0.1,

@@ -4,6 +4,7 @@ Steps are plain functions: prepare_data -> build_model -> fit_model -> evaluate_
 `train` chains them inside an MLflow run and logs what autologging does not.
 """
 
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -77,9 +78,11 @@ def hold_out_validation(splits, fraction, seed, kind):
 def build_model(task, variant, params, splits):
     num_outputs = len(splits.class_names) if task.kind == "multiclass" else 1
     model = task.variants[variant].build(splits.x_train.shape[1:], num_outputs, **model_params(params))
-    optimizer = keras.optimizers.get(
-        {"class_name": params["optimizer"], "config": {"learning_rate": params["learning_rate"]}}
-    )
+    learning_rate = params["learning_rate"]
+    if params["lr_schedule"] == "cosine":
+        steps_per_epoch = math.ceil(len(splits.x_train) / params["batch_size"])
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, params["epochs"] * steps_per_epoch)
+    optimizer = keras.optimizers.get({"class_name": params["optimizer"], "config": {"learning_rate": learning_rate}})
     model.compile(optimizer=optimizer, loss=LOSSES[task.kind], metrics=METRICS[task.kind])
     return model
 

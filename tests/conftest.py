@@ -21,8 +21,9 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.create_experiment("tests", artifact_location=str(tmp_path / "artifacts"))
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)  # set_experiment exports it too
     mlflow.set_experiment(experiment_id=experiment_id)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
     yield mlflow.MlflowClient(uri)
     mlflow.set_tracking_uri(None)
 
