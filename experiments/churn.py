@@ -84,9 +84,9 @@ TASK = Task(
     },
     short_entry_point=True,
     default_variant="mlp",
-    defaults={
-        "epochs": 50,
-        "batch_size": 32,
+    defaults={  # the tutorial's recipe: batch 10, 100 epochs
+        "epochs": 100,
+        "batch_size": 10,
         "optimizer": "adam",
         "learning_rate": 0.001,
     },

@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from experiments import InputError
 from pipelines import reporting, tracking
 from pipelines.params import model_params
 
@@ -95,9 +96,15 @@ def fit_model(model, splits, params, callbacks=()):
         validation_data=validation,
         epochs=params["epochs"],
         batch_size=params["batch_size"],
-        callbacks=list(callbacks),
+        callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
         verbose=2,
     )
+    losses = history.history["loss"]
+    if not np.isfinite(losses[-1]):
+        raise InputError(
+            f"learning_rate: training diverged (loss {losses[-1]} at epoch {len(losses)}); "
+            f"try a learning rate below {params['learning_rate']}"
+        )
     return history.history
 
 

@@ -97,3 +97,12 @@ def test_sweep_style_call_nests_under_an_active_run_and_takes_callbacks(store):
     child = store.get_run(result.run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.data.tags["trial"] == "0"
     assert len(seen) == 3 and len(runs(store)) == 2
+
+
+def test_diverging_training_fails_the_run_with_a_clear_error(store):
+    from experiments import InputError
+
+    with pytest.raises(InputError, match=r"learning_rate: training diverged \(loss (nan|inf) at epoch 1\)"):
+        train(*quick_params("linear", epochs="5", optimizer="sgd", learning_rate="1e12"))
+    (run,) = runs(store)
+    assert run.info.status == "FAILED"
