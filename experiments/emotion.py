@@ -162,6 +162,10 @@ def _stack(images, labels):
     return np.stack(images)[..., np.newaxis], np.array(labels, dtype="int64")
 
 
+# AutoContrast stretches every face to the full 0-255 range, in training and serving alike:
+# the FER2013 copy benchmarked here has flatter training images than test images (median
+# per-image pixel std 38 against 54), and without it validation accuracy falls as training
+# accuracy rises (0.37 -> 0.30 over 30 epochs).
 # The tutorial's ImageDataGenerator(rescale, shear, zoom, horizontal_flip) as Keras 3 layers;
 # they are active only in training, so the logged model takes raw pixels.
 # Shear is one-sided, (0, SHEAR): Keras 3.15 saves a symmetric factor as [-0.1, 0.1] and then
@@ -175,6 +179,7 @@ def emotion_cnn(input_shape, num_outputs, filters, units, dropout):
     return keras.Sequential(
         [
             keras.Input(shape=input_shape),
+            keras.layers.AutoContrast(value_range=(0, 255)),
             keras.layers.Rescaling(1 / 255),
             keras.layers.RandomFlip("horizontal"),
             keras.layers.RandomZoom(ZOOM),
