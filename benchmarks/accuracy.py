@@ -37,6 +37,23 @@ TARGETS = {
     "mnist_cnn": (MNIST, "accuracy >= 99.0% in its default epochs", lambda m: m["test_accuracy"] >= 0.99),
     "emotion_cnn": (FER, "PrivateTest accuracy >= 0.50 in its default epochs", lambda m: m["test_accuracy"] >= 0.50),
 }
+# Changes to default recipes, with the figures before and after (kept by hand).
+HISTORY = """\
+## Changes to the defaults
+
+- `churn`: 50 epochs at batch 32 gave accuracy 0.8595 and ROC AUC 0.8596, short of both
+  targets; the tutorial's own recipe (100 epochs at batch 10) replaced it.
+- `emotion_cnn` misses its target by about 0.21. Without per-image auto-contrast, 30 epochs
+  gave PrivateTest accuracy 0.293, with validation accuracy falling from 0.37 (epoch 4) to
+  0.30 while training accuracy rose to 0.44. This copy of FER2013 has flatter training
+  images than test images (median per-image pixel std 38 against 54). `AutoContrast` in
+  the model evens that out (std 59.4 against 59.5) but gives 0.295, with the same falling
+  validation curve, so another train/test difference remains undiagnosed. It limits the
+  result more than the model does: a model that reads the training images correctly at
+  46% reads PublicTest at 30%.
+- `mnist_cnn`: Adam at a constant 0.001 for 12 epochs gave 98.87%; cosine decay from 0.002
+  over the same 12 epochs gives the figure above.
+"""
 SHOWN = ("test_accuracy", "test_roc_auc", "learned_weight", "learned_bias", "test_mse")
 
 
@@ -100,7 +117,7 @@ def write_report(results):
             f"| {result['epochs']} | {result['train_time_s']:.0f} s | {result['wall_time_s']:.0f} s "
             f"| `{result['command']}` |"
         )
-    REPORT.write_text("\n".join(lines) + "\n")
+    REPORT.write_text("\n".join(lines) + "\n\n" + HISTORY)
 
 
 def main():

@@ -164,8 +164,9 @@ def _stack(images, labels):
 
 # AutoContrast stretches every face to the full 0-255 range, in training and serving alike:
 # the FER2013 copy benchmarked here has flatter training images than test images (median
-# per-image pixel std 38 against 54), and without it validation accuracy falls as training
-# accuracy rises (0.37 -> 0.30 over 30 epochs).
+# per-image pixel std 38 against 54). It evens out contrast, but validation accuracy still
+# falls as training accuracy rises, so another train/test difference remains (see
+# benchmarks/accuracy.md).
 # The tutorial's ImageDataGenerator(rescale, shear, zoom, horizontal_flip) as Keras 3 layers;
 # they are active only in training, so the logged model takes raw pixels.
 # Shear is one-sided, (0, SHEAR): Keras 3.15 saves a symmetric factor as [-0.1, 0.1] and then
