@@ -11,6 +11,7 @@ from PIL import Image
 
 from experiments.emotion import EMOTIONS
 
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     """A fresh SQLite tracking store with an experiment whose artifacts stay in tmp_path.

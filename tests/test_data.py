@@ -8,13 +8,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from experiments import InputError
+from experiments import InputError, resolve
 from experiments.churn import load_churn
 from experiments.emotion import load_fer2013
 from experiments.mnist import load_mnist
-from pipelines.train import prepare_data
-from experiments import resolve
 from pipelines.params import parse_params
+from pipelines.train import prepare_data
 
 
 def test_mnist_npz_loads_as_uint8_images(mnist_npz):
