@@ -102,7 +102,7 @@ def write_report(results):
         "Train time is `fit` alone; wall time is the whole process: imports, data loading, training, "
         "evaluation and logging.",
         "",
-        f"Reproduce: `python benchmarks/accuracy.py --data-dir $DATA` (all) or `--only NAME ...`.",
+        "Reproduce: `python benchmarks/accuracy.py --data-dir $DATA` (all) or `--only NAME ...`.",
         "",
         "| Entry point | Target | Result | Met | Epochs | Train time | Wall time | Command |",
         "|---|---|---|---|---|---|---|---|",

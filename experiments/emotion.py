@@ -9,10 +9,11 @@ PublicTest validates, PrivateTest is the held-out test split.
 import io
 import tarfile
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import keras
 import numpy as np
+from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image, UnidentifiedImageError
 
 from experiments.datafiles import PROJECT_DATA, existing_path, read_csv
@@ -208,6 +209,12 @@ TASK = Task(
             build=emotion_cnn,
             defaults={"filters": 30, "units": 100, "dropout": 0.2},
             description="30 5x5, pool, 15 3x3, pool, dropout, dense 100-50, softmax 7, augmented",
+            search_space={
+                "learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
+                "filters": IntDistribution(16, 64, step=8),
+                "units": IntDistribution(32, 256, log=True),
+                "dropout": FloatDistribution(0.0, 0.5),
+            },
             reference="43.4% after 3 epochs",
         )
     },

@@ -1,6 +1,7 @@
 """Iris: scikit-learn's bundled 150 flowers, 4 measurements, 3 species, a 4-10-10-3 MLP."""
 
 import keras
+from optuna.distributions import FloatDistribution, IntDistribution
 from sklearn.datasets import load_iris
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -46,6 +47,10 @@ TASK = Task(
             build=mlp,
             defaults={"units": 10},
             description="4-10-10-3 MLP, sparse categorical cross-entropy",
+            search_space={
+                "learning_rate": FloatDistribution(1e-3, 1e-1, log=True),
+                "units": IntDistribution(4, 64, log=True),
+            },
             reference=">= 0.95 accuracy",
         )
     },

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from experiments.task import Splits, Task, Variant
 
@@ -39,6 +40,10 @@ TASK = Task(
             build=linear_unit,
             defaults={},
             description="one Dense(1) linear unit fitted to 2x + 1",
+            search_space={
+                "learning_rate": FloatDistribution(1e-3, 1e-1, log=True),
+                "optimizer": CategoricalDistribution(["sgd", "rmsprop", "adam"]),
+            },
             reference="weight 2, bias 1 (within 0.01)",
             extra_metrics=learned_line,
         )

@@ -9,6 +9,7 @@ import zipfile
 
 import keras
 import numpy as np
+from optuna.distributions import FloatDistribution, IntDistribution
 
 from experiments.datafiles import PROJECT_DATA, existing_path
 from experiments.task import InputError, Splits, Task, Variant
@@ -36,7 +37,7 @@ def load_mnist(data_path, seed):
                 file_hash="731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
             )
         except Exception as error:
-            raise InputError(f"MNIST not found at {LOCAL_NPZ} and download failed ({error}): {HOW_TO_GET}")
+            raise InputError(f"MNIST not found at {LOCAL_NPZ} and download failed ({error}): {HOW_TO_GET}") from None
     arrays = read_npz(path)
     return Splits(
         arrays["x_train"][..., np.newaxis],
@@ -175,6 +176,19 @@ MLP_TRAINING = {"epochs": 15, "batch_size": 128, "optimizer": "adam", "learning_
 CNN_TRAINING = {"epochs": 12, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "lr_schedule": "cosine"}
 CONV_NET = {"filters": 32, "units": 64, "dropout": 0.0}
 
+# What sweeps tune; a sweep's search_space file can narrow or override any of it.
+MLP_SPACE = {
+    "learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
+    "units": IntDistribution(64, 1024, log=True),
+    "dropout": FloatDistribution(0.0, 0.6),
+}
+CNN_SPACE = {
+    "learning_rate": FloatDistribution(3e-4, 1e-2, log=True),
+    "filters": IntDistribution(16, 64, step=16),
+    "units": IntDistribution(32, 256, log=True),
+    "dropout": FloatDistribution(0.0, 0.5),
+}
+
 TASK = Task(
     name="mnist",
     kind="multiclass",
@@ -184,18 +198,21 @@ TASK = Task(
             build=mlp,
             defaults={**MLP_TRAINING, "units": 512, "hidden_layers": 1, "dropout": 0.0},
             description="one hidden layer of 512 relu units",
+            search_space=MLP_SPACE,
             reference="98.31%",
         ),
         "mlp_deep": Variant(
             build=mlp,
             defaults={**MLP_TRAINING, "units": 512, "hidden_layers": 2, "dropout": 0.0},
             description="two hidden layers of 512",
+            search_space=MLP_SPACE,
             reference="98.59% (two-layer MLP)",
         ),
         "mlp_dropout": Variant(
             build=mlp,
             defaults={**MLP_TRAINING, "units": 512, "hidden_layers": 2, "dropout": 0.5},
             description="512-512 with dropout 0.5",
+            search_space=MLP_SPACE,
         ),
         "mlp_sgd": Variant(
             build=mlp,
@@ -210,37 +227,44 @@ TASK = Task(
                 "dropout": 0.0,
             },
             description="784-32-10 trained with plain SGD, batch 500",
+            search_space={**MLP_SPACE, "learning_rate": FloatDistribution(1e-3, 1.0, log=True)},
         ),
         "cnn": Variant(
             build=conv_net,
             defaults={**CNN_TRAINING, **CONV_NET},
             description="conv32-pool-conv64-pool-conv64-dense64-softmax10",
+            search_space=CNN_SPACE,
             reference="99.34% after 60 epochs",
         ),
         "cnn_l1": Variant(
             build=conv_net,
             defaults={**CNN_TRAINING, **CONV_NET, "l1": 1e-5},
             description="conv_net with an L1 kernel regularizer",
+            search_space={**CNN_SPACE, "l1": FloatDistribution(1e-7, 1e-3, log=True)},
         ),
         "cnn_l2": Variant(
             build=conv_net,
             defaults={**CNN_TRAINING, **CONV_NET, "l2": 1e-4},
             description="conv_net with an L2 kernel regularizer",
+            search_space={**CNN_SPACE, "l2": FloatDistribution(1e-6, 1e-2, log=True)},
         ),
         "cnn_bn": Variant(
             build=functools.partial(conv_net, batch_norm=True),
             defaults={**CNN_TRAINING, **CONV_NET},
             description="conv_net with batch normalization after every convolution",
+            search_space=CNN_SPACE,
         ),
         "cnn_dropout": Variant(
             build=conv_net,
             defaults={**CNN_TRAINING, **CONV_NET, "conv_dropout": 0.25, "dropout": 0.5},
             description="conv_net with dropout after each pooling and before the classifier",
+            search_space={**CNN_SPACE, "conv_dropout": FloatDistribution(0.0, 0.5)},
         ),
         "cnn_augment": Variant(
             build=workshop_cnn,
             defaults={**CNN_TRAINING, "filters": 16, "units": 128, "dropout": 0.4},
             description="workshop CNN trained on the images plus colour-inverted copies",
+            search_space={**CNN_SPACE, "filters": IntDistribution(8, 32, step=8), "units": IntDistribution(64, 512, log=True)},
             prepare_train=add_inverted_copies,
             extra_metrics=inverted_test_accuracy,
         ),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import numpy as np
+from optuna.distributions import BaseDistribution
 
 Kind = Literal["binary", "multiclass", "regression"]
 
@@ -39,11 +40,13 @@ class Variant:
     `build(input_shape, num_outputs, **model_params)` returns an uncompiled model.
     `defaults` holds the variant's training defaults and every model parameter the
     builder takes; a key that is not a training parameter is passed to `build`.
+    `search_space` maps parameter names to Optuna distributions: what a sweep tunes.
     """
 
     build: Callable
     defaults: dict
     description: str
+    search_space: dict[str, BaseDistribution] = field(default_factory=dict)
     reference: str = ""  # the tutorial result this variant reproduces
     prepare_train: Callable[[Splits], Splits] | None = None  # e.g. add augmented copies
     extra_metrics: Callable | None = None  # (model, splits) -> {name: value}

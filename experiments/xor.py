@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+from optuna.distributions import FloatDistribution, IntDistribution
 
 from experiments.task import Splits, Task, Variant
 
@@ -35,6 +36,10 @@ TASK = Task(
             build=mlp,
             defaults={"units": 8},
             description="2-8-4-1 MLP (relu, relu, sigmoid)",
+            search_space={
+                "learning_rate": FloatDistribution(1e-3, 1e-1, log=True),
+                "units": IntDistribution(4, 32, log=True),
+            },
             reference="100% accuracy",
         )
     },

@@ -9,6 +9,10 @@ from pathlib import Path
 
 from experiments import entry_points
 from pipelines.params import PARAMS, defaults_for
+from pipelines.compare import COMPARE_DEFAULTS, COMPARE_PARAMS
+from pipelines.registry import PROMOTE_DEFAULTS, PROMOTE_PARAMS
+from pipelines.sweep import SWEEP_DEFAULTS, SWEEP_PARAMS, SWEEP_TRAINING_DEFAULTS
+from pipelines.workflow import PIPELINE_DEFAULTS, PIPELINE_PARAMS
 
 MLPROJECT = Path(__file__).resolve().parents[1] / "MLproject"
 MAIN_ENTRY_POINT = "mnist_cnn"
@@ -34,6 +38,48 @@ def _entry(name, task, variant):
     return lines
 
 
+def _command_entry(command, comment, parameters, specs):
+    """An entry point running `python -m pipelines <command>` with typed parameters."""
+    lines = [f"  # {comment}", f"  {command}:", "    parameters:"]
+    for name, default in parameters.items():
+        kind = MLFLOW_TYPES[specs[name].type] if name in specs else "string"
+        lines.append(f"      {name}: {{type: {kind}, default: {_yaml_value(default)}}}")
+    arguments = " ".join(f"--{name} {{{name}}}" for name in parameters)
+    lines.append(f'    command: "python -m pipelines {command} {arguments}"')
+    return lines
+
+
+def _loop_entries():
+    """sweep, promote, compare and pipeline: the entry points around training."""
+    task = {"task": MAIN_ENTRY_POINT, "variant": ""}
+    return [
+        *_command_entry(
+            "sweep",
+            "An Optuna sweep of any entry point (see README); other -P name=value pairs fix training parameters.",
+            {**task, **SWEEP_DEFAULTS, **SWEEP_TRAINING_DEFAULTS},
+            {**PARAMS, **SWEEP_PARAMS},
+        ),
+        *_command_entry(
+            "promote",
+            "Register the best run (or run_id, or the best of sweep `study`); champion moves only if it wins.",
+            {**task, **PROMOTE_DEFAULTS},
+            PROMOTE_PARAMS,
+        ),
+        *_command_entry(
+            "compare",
+            "A side-by-side report of registered versions: model=mnist_cnn, mnist_cnn@champion, 'mnist_cnn*@champion'.",
+            {"model": MAIN_ENTRY_POINT, **{k: v for k, v in COMPARE_DEFAULTS.items() if k != "model"}},
+            COMPARE_PARAMS,
+        ),
+        *_command_entry(
+            "pipeline",
+            "sweep -> promote -> compare for one task, each step its own run nested under this one.",
+            {**task, **PIPELINE_DEFAULTS},
+            PIPELINE_PARAMS,
+        ),
+    ]
+
+
 def _yaml_value(value):
     return f"'{value}'" if isinstance(value, str) else repr(value)
 
@@ -44,6 +90,7 @@ def render():
     for name, (task, variant) in points.items():
         lines += _entry(name, task, variant)
     lines += [f"  # main is {MAIN_ENTRY_POINT}.", *_entry("main", *points[MAIN_ENTRY_POINT])]
+    lines += _loop_entries()
     lines += [
         "  # Any task and variant; every other -P name=value is passed on as --name value.",
         "  train:",

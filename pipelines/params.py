@@ -92,8 +92,8 @@ def parse_params(task, variant, overrides):
     return params
 
 
-def parse_value(name, raw):
-    spec = PARAMS[name]
+def parse_value(name, raw, specs=PARAMS):
+    spec = specs[name]
     text = str(raw).strip()
     try:
         if spec.type is int:
@@ -113,6 +113,16 @@ def parse_value(name, raw):
     if not spec.valid(value):
         raise InputError(f"{name}: {value} is out of range; it must be {spec.rule}")
     return value
+
+
+def parse_settings(raw, defaults, specs):
+    """A command's settings: `defaults` with `raw` ({name: text}) parsed and range-checked."""
+    settings = dict(defaults)
+    for name, value in raw.items():
+        if name not in specs:
+            raise InputError(f"{name}: not a setting of this command (its settings: {', '.join(specs)})")
+        settings[name] = parse_value(name, value, specs)
+    return settings
 
 
 def model_params(params):

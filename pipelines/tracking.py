@@ -3,14 +3,18 @@
 import contextlib
 import importlib.metadata
 import os
+import signal
 import time
 
 import keras
 import matplotlib.pyplot as plt
 import mlflow
+import optuna
 from mlflow.models import Model, infer_signature
+from mlflow.utils.git_utils import get_git_commit
 
 INPUT_EXAMPLE_ROWS = 2
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
 # The packages a logged model needs to load; naming them skips MLflow's slow inference.
 BACKEND_PACKAGES = {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}
 
@@ -26,24 +30,54 @@ def enable_autolog():
 
 
 @contextlib.contextmanager
-def training_run(run_name, tags):
+def training_run(run_name, tags, parent_run_id=None):
     """Start (or, under `mlflow run`, resume) a run that never stays RUNNING.
 
     It ends FINISHED, FAILED on an exception, and KILLED on Ctrl-C or SIGTERM
-    (the entry point turns SIGTERM into KeyboardInterrupt). Inside an active run,
-    for example a sweep's parent, it starts a nested run.
+    (the entry point turns SIGTERM into KeyboardInterrupt) or when a sweep prunes it,
+    as MLflow's own Optuna storage marks pruned trials. Inside an active run, or
+    given `parent_run_id` (a sweep's study run), it starts a nested run.
     """
     nested = mlflow.active_run() is not None
-    run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+    tags = {**code_version(), **tags}
+    # Hold Ctrl-C and SIGTERM while the run is created: arriving mid-creation, they would
+    # leave a RUNNING run no one ends. A signal held meanwhile is delivered inside the try.
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
+        run = mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id, tags=tags)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         yield run
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, optuna.TrialPruned):
         mlflow.end_run("KILLED")
         raise
     except BaseException:
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def code_version():
+    """The project's git commit as MLflow's own source tag: MLflow sets it only when the
+    main script lives in the repository, which `python -m` and notebooks do not guarantee."""
+    commit = get_git_commit(os.path.dirname(os.path.abspath(__file__)))
+    return {GIT_COMMIT_TAG: commit} if commit else {}
+
+
+def use_experiment(requested, default_name):
+    """Make the experiment current and return its id: the one `mlflow run` chose, else
+    `requested`, else MLFLOW_EXPERIMENT_ID/_NAME from the environment, else `default_name`."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        return mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    if requested:
+        return mlflow.set_experiment(requested).experiment_id
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return mlflow.set_experiment(experiment_id=os.environ["MLFLOW_EXPERIMENT_ID"]).experiment_id
+    return mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or default_name).experiment_id
 
 
 def end_pending_run(status="FAILED"):

@@ -5,12 +5,9 @@ Steps are plain functions: prepare_data -> build_model -> fit_model -> evaluate_
 """
 
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banners out of the logs
 
 import keras
 import mlflow
@@ -28,6 +25,10 @@ LOSSES = {
     "regression": "mse",
 }
 METRICS = {"binary": ["accuracy"], "multiclass": ["accuracy"], "regression": ["mae"]}
+
+
+class TrainingDiverged(InputError):
+    """The loss became NaN or infinite: a failed run (or sweep trial), not a crash."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def fit_model(model, splits, params, callbacks=()):
     )
     losses = history.history["loss"]
     if not np.isfinite(losses[-1]):
-        raise InputError(
+        raise TrainingDiverged(
             f"learning_rate: training diverged (loss {losses[-1]} at epoch {len(losses)}); "
             f"try a learning rate below {params['learning_rate']}"
         )
@@ -127,18 +128,20 @@ def evaluate_model(model, task, variant, splits):
     return metrics, matrix
 
 
-def train(task, variant, params, callbacks=(), tags=None):
+def train(task, variant, params, callbacks=(), tags=None, run_name=None, parent_run_id=None, splits=None):
     """Train one task variant in a tracked MLflow run and return its test metrics.
 
-    Plain runs and sweep trials both come through here; a sweep passes its pruning
-    callback and calls it inside its parent run, which makes this run a nested one.
+    Plain runs and sweep trials both come through here. A sweep trial passes its
+    pruning callback, its study's run as `parent_run_id`, and the `splits` its worker
+    prepared once (from the same data parameters) for all of its trials.
     """
     name = task.qualified_name(variant)
     seed_everything(params["seed"])
-    splits = prepare_data(task, variant, params)  # bad data fails here, before any run starts
+    if splits is None:
+        splits = prepare_data(task, variant, params)  # bad data fails here, before any run starts
     tracking.enable_autolog()
     run_tags = {"task": task.name, "variant": variant, "entry_point": name, **(tags or {})}
-    with tracking.training_run(run_name=name, tags=run_tags) as run:
+    with tracking.training_run(run_name=run_name or name, tags=run_tags, parent_run_id=parent_run_id) as run:
         tracking.log_new_params(params)
         digests = tracking.log_splits(splits, name=task.name)
         mlflow.set_tag("dataset_digest", digests["train"])

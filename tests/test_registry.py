@@ -1,0 +1,284 @@
+"""The model registry: promote with a champion gate, compare versions, serve the champion, the whole loop."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.__main__ import main
+from tests.helpers import PROJECT, run_cli, runs
+
+MODEL = "mnist_cnn"
+TINY_CNN = ["--epochs", "3", "--batch_size", "16", "--filters", "8", "--units", "16", "--lr_schedule", "constant"]
+GOOD, BAD = "0.01", "0.000001"  # a learning rate that learns the tiny digits, and one that cannot
+
+
+def train_cnn(mnist_npz, learning_rate, *extra):
+    assert main(["train", "--task", MODEL, "--data", str(mnist_npz), *TINY_CNN, "--learning_rate", learning_rate, *extra]) == 0
+    (run,) = [r for r in mlflow.search_runs(output_format="list", order_by=["start_time DESC"], max_results=1)]
+    return run
+
+
+def promote(*args):
+    return main(["promote", "--task", MODEL, *map(str, args)])
+
+
+def versions(client, name=MODEL):
+    return sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+
+
+def numbers(found):
+    return [str(v.version) for v in found]
+
+
+def alias_version(client, alias, name=MODEL):
+    return str(client.get_model_version_by_alias(name, alias).version)
+
+
+@pytest.fixture
+def good_and_bad(store, mnist_npz):
+    """Two finished mnist_cnn runs: one that learned, one that did not."""
+    good, bad = train_cnn(mnist_npz, GOOD), train_cnn(mnist_npz, BAD)
+    assert good.data.metrics["test_accuracy"] > bad.data.metrics["test_accuracy"]
+    return good, bad
+
+
+# --- promote ----------------------------------------------------------------------------
+
+
+def test_promote_gates_the_champion_tags_lineage_and_is_idempotent(store, good_and_bad, capsys):
+    good, bad = good_and_bad
+
+    # The first version becomes champion: there is none to beat.
+    assert promote("--run_id", bad.info.run_id) == 0
+    (first,) = versions(store)
+    assert alias_version(store, "champion") == alias_version(store, "challenger") == str(first.version)
+    assert first.tags["source_run_id"] == bad.info.run_id and first.tags["metric"] == "test_accuracy"
+    assert float(first.tags["metric_value"]) == pytest.approx(bad.data.metrics["test_accuracy"], abs=1e-5)
+    assert first.tags["dataset_digest"] == bad.data.tags["dataset_digest"]
+    assert first.tags["git_commit"] == bad.data.tags["mlflow.source.git.commit"]
+    assert first.tags["promotion.decision"] == "champion" and "no champion yet" in first.tags["promotion.reason"]
+
+    # Without a run id, the best run is picked; it beats the champion and takes the alias.
+    capsys.readouterr()
+    assert promote() == 0
+    out = capsys.readouterr().out
+    second = versions(store)[-1]
+    assert second.tags["source_run_id"] == good.info.run_id
+    assert alias_version(store, "champion") == alias_version(store, "challenger") == str(second.version)
+    assert "promoted: test_accuracy" in second.tags["promotion.reason"] and "promoted: test_accuracy" in out
+    assert f"{good.data.metrics['test_accuracy']:.4f}" in out and f"{bad.data.metrics['test_accuracy']:.4f}" in out
+
+    # Re-promoting the worse run: no new version; it is the challenger, the champion stays.
+    assert promote("--run_id", bad.info.run_id) == 0
+    out = capsys.readouterr().out
+    assert numbers(versions(store)) == numbers([first, second])
+    assert alias_version(store, "champion") == str(second.version)
+    assert alias_version(store, "challenger") == str(first.version)
+    assert "not registered again" in out and "kept the champion" in out
+    assert store.get_model_version(MODEL, first.version).tags["promotion.decision"] == "challenger"
+
+    # Each promotion is its own finished run that records its decision.
+    promote_runs = [r for r in runs(store) if r.data.tags.get("step") == "promote"]
+    assert len(promote_runs) == 3 and {r.info.status for r in promote_runs} == {"FINISHED"}
+    assert sorted(r.data.tags["promotion.decision"] for r in promote_runs) == ["challenger", "champion", "champion"]
+
+
+def test_the_champion_must_win_by_more_than_the_margin(store, good_and_bad):
+    good, bad = good_and_bad
+    assert promote("--run_id", bad.info.run_id) == 0
+    gap = good.data.metrics["test_accuracy"] - bad.data.metrics["test_accuracy"]
+    assert promote("--run_id", good.info.run_id, "--margin", gap + 0.01) == 0
+    assert alias_version(store, "champion") == "1" and alias_version(store, "challenger") == "2"
+
+
+def test_a_champion_tested_on_other_data_is_evaluated_again_on_the_challengers(store, mnist_npz, tmp_path):
+    other = tmp_path / "other.npz"  # the same digits, another test split
+    with np.load(mnist_npz) as arrays:
+        data = dict(arrays)
+    np.savez(other, **{**data, "x_test": data["x_test"][:20], "y_test": data["y_test"][:20]})
+    champion = train_cnn(mnist_npz, GOOD)
+    challenger = train_cnn(other, BAD)
+    assert promote("--run_id", champion.info.run_id) == 0
+    assert promote("--run_id", challenger.info.run_id) == 0
+    reason = store.get_model_version(MODEL, "2").tags["promotion.reason"]
+    assert "evaluated again on this run's test data" in reason and "kept the champion" in reason
+
+
+def test_racing_promotions_lose_no_version_and_crown_the_best(store, good_and_bad):
+    good, bad = good_and_bad
+    racers = [
+        subprocess.Popen([sys.executable, "-m", "pipelines", "promote", "--task", MODEL, "--run_id", run_id],
+                         cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for run_id in (bad.info.run_id, good.info.run_id, bad.info.run_id, good.info.run_id)
+    ]
+    for racer in racers:
+        out, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err[-2000:]
+    registered = versions(store)
+    assert sorted(v.tags["source_run_id"] for v in registered) == sorted([bad.info.run_id, good.info.run_id])
+    champion = store.get_model_version_by_alias(MODEL, "champion")
+    assert champion.tags["source_run_id"] == good.info.run_id
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no runs", "error: task: no finished run of mnist_cnn with test_accuracy in the tracking store"),
+        ("unknown task", "error: task: unknown task 'cifar'"),
+        ("no metric", "error: run_id: run {run_id} has no test_accuracy metric"),
+        ("no model", "error: run_id: run {run_id} has no logged model (its model failed to log)"),
+        ("wrong task", "error: run_id: run {run_id} trained xor, not mnist_cnn"),
+        ("bad margin", "error: margin: -1.0 is out of range"),
+        ("unknown run", "error: run_id: no run 0123456789abcdef in the tracking store"),
+    ],
+)
+def test_bad_promotions_are_one_error_line_and_register_nothing(case, message, store, capsys):
+    client, experiment_id = store, store.get_experiment_by_name("tests").experiment_id
+    args, run_id = [], ""
+    if case in ("no metric", "no model", "wrong task"):
+        # Real runs as a crashed or interrupted training leaves them.
+        tags = {"entry_point": "xor" if case == "wrong task" else MODEL, "task": "mnist", "variant": "cnn"}
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        if case != "no metric":
+            client.log_metric(run_id, "test_accuracy", 0.9)
+        client.set_terminated(run_id, "FINISHED" if case != "no metric" else "FAILED")
+        args = ["--run_id", run_id]
+    argv = {"unknown task": ["promote", "--task", "cifar"], "bad margin": ["promote", "--task", MODEL, "--margin", "-1"],
+            "unknown run": ["promote", "--task", MODEL, "--run_id", "0123456789abcdef"]}.get(case, ["promote", "--task", MODEL, *args])  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message.format(run_id=run_id)), err
+    assert not store.search_registered_models()
+    assert not [r for r in runs(store) if r.data.tags.get("step") == "promote" or r.info.status == "RUNNING"]
+
+
+# --- compare ----------------------------------------------------------------------------
+
+
+def test_compare_reports_versions_side_by_side(store, good_and_bad, mnist_npz, tmp_path, capsys):
+    good, bad = good_and_bad
+    assert promote("--run_id", bad.info.run_id) == 0 and promote("--run_id", good.info.run_id) == 0
+    assert main(["train", "--task", "mnist_cnn_bn", "--data", str(mnist_npz), *TINY_CNN, "--learning_rate", GOOD]) == 0
+    assert main(["promote", "--task", "mnist_cnn_bn"]) == 0
+
+    output = tmp_path / "report.html"
+    assert main(["compare", "--model", MODEL, "--output", str(output)]) == 0
+    page = output.read_text()
+    assert page.count("<td>mnist_cnn</td>") == 2 and "<td>challenger, champion</td>" in page
+    assert page.count("<img") == 2  # learning curves, confusion matrices
+    for column in ("test_accuracy", "learning_rate", "num_params", "train_time_s", "latency_ms", "images_per_s"):
+        assert f"<th>{column}</th>" in page
+    (compare_run,) = [r for r in runs(store) if r.data.tags.get("step") == "compare"]
+    assert compare_run.info.status == "FINISHED"
+    artifacts = {a.path for a in store.list_artifacts(compare_run.info.run_id, "comparison")}
+    assert artifacts == {f"comparison/{name}" for name in
+                         ("report.html", "table.csv", "learning_curves.png", "confusion_matrices.png")}  # fmt: skip
+    local = mlflow.artifacts.download_artifacts(run_id=compare_run.info.run_id, artifact_path="comparison")
+    assert Image.open(f"{local}/confusion_matrices.png").size[0] > 600  # two matrices side by side
+    table = mlflow.artifacts.load_text(f"runs:/{compare_run.info.run_id}/comparison/table.csv").splitlines()
+    assert len(table) == 3 and table[0].startswith("model,version,aliases,test_accuracy")
+
+    # Champions across variants: what batch norm bought.
+    capsys.readouterr()
+    assert main(["compare", "--model", "mnist_cnn*@champion", "--output", str(tmp_path / "variants.html")]) == 0
+    out = capsys.readouterr().out
+    assert "mnist_cnn_bn" in out and out.count("champion") >= 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope", "error: model: no model version 'nope' in the registry"),
+        ("mnist_cnn@gold", "error: model: no model version 'mnist_cnn@gold'"),
+        ("cifar*", "error: model: no registered model matches 'cifar*'"),
+        ("", "error: model: give a registered model"),
+    ],
+)
+def test_compare_refuses_unknown_models(spec, message, store, capsys):
+    assert main(["compare", "--model", spec]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert not [r for r in runs(store) if r.data.tags.get("step") == "compare"]
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_champion_serves_predictions_over_rest(store, good_and_bad):
+    good, _ = good_and_bad
+    assert promote("--run_id", good.info.run_id) == 0
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-3000:]
+                assert time.time() < deadline, "the scoring server did not start"
+                time.sleep(1)
+        images = np.random.default_rng(0).integers(0, 255, (3, 28, 28, 1)).astype("uint8")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": images.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        predictions = np.array(json.load(urllib.request.urlopen(request, timeout=60))["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert predictions.shape == (3, 10)
+    assert np.allclose(predictions.sum(axis=1), 1, atol=1e-4)  # softmax over the ten digits
+
+
+# --- the whole loop ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mlflow_run_pipeline_sweeps_promotes_and_compares(store, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", ".", "-e", "pipeline", "--env-manager", "local",
+         "-P", "task=xor", "-P", "n_trials=2", "-P", "epochs=3", "-P", f"storage={tmp_path / 'optuna.journal'}"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    by_step = {}
+    for run in runs(store):
+        by_step.setdefault(run.data.tags.get("mlflow.project.entryPoint"), []).append(run)
+    (pipeline,) = by_step["pipeline"]
+    (sweep,), (promotion,), (comparison,) = by_step["sweep"], by_step["promote"], by_step["compare"]
+    for step in (sweep, promotion, comparison):
+        assert step.info.status == "FINISHED"
+        assert step.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+    assert promotion.data.tags["pipeline.sweep_run_id"] == sweep.info.run_id
+    assert comparison.data.tags["pipeline.promote_run_id"] == promotion.info.run_id
+    assert pipeline.data.tags["pipeline.compare_run_id"] == comparison.info.run_id
+
+    champion = store.get_model_version_by_alias("xor", "champion")
+    assert champion.tags["study"] == "xor" and champion.tags["sweep_run_id"] == sweep.info.run_id
+    trial = store.get_run(champion.tags["source_run_id"])
+    assert trial.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+    report = PROJECT / "reports" / "compare-xor.html"  # compare's default local file
+    assert "<td>xor</td>" in report.read_text()
+    report.unlink()
