@@ -106,13 +106,17 @@ def compare_command(args, extra):
 
 
 def pipeline_command(args, extra):
-    from pipelines.params import parse_settings
+    from pipelines.params import parse_params, parse_settings
     from pipelines.workflow import PIPELINE_DEFAULTS, PIPELINE_PARAMS, run_pipeline
 
     task, variant = resolve(args.task, args.variant)
-    settings = parse_settings(parse_overrides(extra), PIPELINE_DEFAULTS, PIPELINE_PARAMS)
+    overrides = parse_overrides(extra)
+    settings = parse_settings(
+        {name: overrides.pop(name) for name in list(overrides) if name in PIPELINE_PARAMS}, PIPELINE_DEFAULTS, PIPELINE_PARAMS
+    )
+    parse_params(task, variant, overrides)  # the rest fix training parameters: check them before any step starts
     margin = settings.pop("margin")
-    run_pipeline(task, variant, settings, margin, args.experiment)
+    run_pipeline(task, variant, {**settings, **overrides}, margin, args.experiment)
     return 0
 
 
@@ -141,7 +145,7 @@ def _settings_help(name):
         "pipeline": (PIPELINE_DEFAULTS, PIPELINE_PARAMS),
     }.get(name, ({}, {}))
     lines = [f"  --{setting} ({defaults[setting]!r}): {spec.help}" for setting, spec in specs.items()]
-    if name == "sweep":
+    if name in ("sweep", "pipeline"):
         lines.append("  any other --name value fixes that training parameter for every trial")
     return "settings:\n" + "\n".join(lines) if lines else None
 

@@ -30,6 +30,14 @@ def _fraction(value):
     return 0 <= value < 1
 
 
+def is_name(value):
+    """A study or model name: safe in file names and in MLflow search filters."""
+    return len(value) <= 100 and all(c.isalnum() or c in "_.-" for c in value)
+
+
+NAME_RULE = "letters, digits, '_', '.' and '-'"
+
+
 TRAINING_PARAMS = {
     "epochs": Param(int, _at_least(1), "an integer >= 1", "passes over the training data"),
     "batch_size": Param(int, _at_least(1), "an integer >= 1", "examples per gradient step"),

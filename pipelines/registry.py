@@ -17,16 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
 from experiments import InputError, resolve
 from pipelines import tracking
-from pipelines.params import Param
+from pipelines.params import NAME_RULE, Param, is_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTE_PARAMS = {
     "run_id": Param(str, lambda v: v == "" or v.isalnum(), "a run id", "promote this run; empty: the best run"),
-    "study": Param(str, lambda v: True, "a study name", "promote the best trial of this sweep"),
+    "study": Param(str, is_name, NAME_RULE, "promote the best trial of this sweep"),
     "margin": Param(float, lambda v: v >= 0, "a number >= 0", "how much better than the champion a run must be"),
 }
 PROMOTE_DEFAULTS = {"run_id": "", "study": "", "margin": 0.0}
@@ -48,6 +49,11 @@ class Decision:
     champion: str | None  # the champion's version after this promotion
     promoted: bool  # True: the new version became champion now
     reason: str
+
+    @property
+    def outcome(self):
+        """What the version is after the promotion: champion or challenger."""
+        return CHAMPION if self.champion == self.version else CHALLENGER
 
 
 def is_better(task, value, than, margin):
@@ -99,7 +105,7 @@ def _candidate(run, metric):
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
     )
-    ready = [model for model in models if model.status.to_proto() == mlflow.entities.LoggedModelStatus.READY.to_proto()]
+    ready = [model for model in models if model.status == LoggedModelStatus.READY]
     if not ready:
         raise InputError(f"run_id: run {run_id} has no logged model (its model failed to log)")
     return Candidate(run, ready[0].model_id, metric, run.data.metrics[metric])
@@ -123,9 +129,8 @@ def promote(task, variant, candidate, margin):
         client.set_registered_model_alias(name, CHALLENGER, version)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
-        for key, value in {"promotion.decision": CHAMPION if decision.champion == decision.version else CHALLENGER,
-                           "promotion.reason": decision.reason}.items():  # fmt: skip
-            client.set_model_version_tag(name, version, key, value)
+        client.set_model_version_tag(name, version, "promotion.decision", decision.outcome)
+        client.set_model_version_tag(name, version, "promotion.reason", decision.reason)
     return decision
 
 
@@ -230,12 +235,13 @@ def run_promotion(task_name, variant="", run_id="", study="", margin=0.0, experi
     task, variant = resolve(task_name, variant)
     if run_id and study:
         raise InputError("run_id: give run_id or study, not both")
-    search_in = [mlflow.MlflowClient().get_experiment_by_name(experiment)] if experiment else None
-    if search_in == [None]:
-        raise InputError(f"experiment: no experiment named '{experiment}'")
-    candidate = find_candidate(
-        task, variant, run_id, study, experiment_ids=[e.experiment_id for e in search_in] if search_in else None
-    )
+    experiment_ids = None  # every experiment
+    if experiment:
+        found = mlflow.MlflowClient().get_experiment_by_name(experiment)
+        if found is None:
+            raise InputError(f"experiment: no experiment named '{experiment}'")
+        experiment_ids = [found.experiment_id]
+    candidate = find_candidate(task, variant, run_id, study, experiment_ids)
     name = task.qualified_name(variant)
     tracking.use_experiment(experiment, task.name)
     # No `entry_point` tag: a promote run must never be taken for a training run.
@@ -245,9 +251,8 @@ def run_promotion(task_name, variant="", run_id="", study="", margin=0.0, experi
                            "selection": f"run {run_id}" if run_id else f"best of sweep {study}" if study else "best run"})  # fmt: skip
         decision = promote(task, variant, candidate, margin)
         mlflow.log_metric(candidate.metric, candidate.value)
-        mlflow.set_tags({"model_version": decision.version, "champion_version": decision.champion or "",
-                         "promotion.decision": CHAMPION if decision.champion == decision.version else CHALLENGER,
-                         "promotion.reason": decision.reason})  # fmt: skip
+        mlflow.set_tags({"model_version": decision.version, "champion_version": decision.champion,
+                         "promotion.decision": decision.outcome, "promotion.reason": decision.reason})  # fmt: skip
     print(f"{name} version {decision.version} (run {candidate.run.info.run_id}, {candidate.metric} {candidate.value:.4f})")
     print(f"{CHAMPION}: version {decision.champion}; {decision.reason}")
     print(f"serve it: mlflow models serve -m models:/{name}@{CHAMPION} --env-manager local")

@@ -31,7 +31,7 @@ from optuna_integration import KerasPruningCallback
 from experiments import InputError, resolve
 from pipelines import search_space as spaces
 from pipelines import studies, tracking
-from pipelines.params import Param
+from pipelines.params import NAME_RULE, Param, is_name
 from pipelines.train import TrainingDiverged, prepare_data, train
 
 SAMPLERS = ("tpe", "random", "qmc")
@@ -40,10 +40,7 @@ SWEEP_PARAMS = {
     "n_trials": Param(int, lambda v: v >= 1, "an integer >= 1", "finished (complete plus pruned) trials the study stops at"),
     "timeout": Param(float, lambda v: v >= 0, "a number of seconds >= 0", "start no trial after this many seconds; 0: no limit"),
     "study_name": Param(
-        str,
-        lambda v: v == "" or (len(v) <= 100 and all(c.isalnum() or c in "_.-" for c in v)),
-        "letters, digits, '_', '.' and '-'",
-        "the Optuna study; the same name resumes it (default: the entry point's name)",
+        str, is_name, NAME_RULE, "the Optuna study; the same name resumes it (default: the entry point's name)"
     ),
     "storage": Param(str, lambda v: True, "a path or URL", "journal file path, sqlite:///file.db or postgresql://user@host/db"),
     "sampler": Param(str, lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}", f"Optuna's sampler: {', '.join(SAMPLERS)}"),
@@ -317,11 +314,11 @@ def _print_summary(study, spec, task, metric):
         return
     values = ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}" for name, value in best.params.items())
     print(f"best trial {best.number}: {metric} {best.value:.4f} ({values})")
-    run_id, model_id = best.user_attrs.get("mlflow_run_id"), best.user_attrs.get("model_id")
-    print(f"its MLflow run: {run_id}; test {task.primary_metric} {best.user_attrs.get(task.primary_metric, float('nan')):.4f}")
+    run_id = best.user_attrs.get("mlflow_run_id")
+    print(f"its MLflow run: {run_id}; {task.primary_metric} {best.user_attrs.get(task.primary_metric, float('nan')):.4f}")
     print(
-        "promote it to the model registry:\n"
-        f"  python -c \"import mlflow; mlflow.register_model('models:/{model_id}', '{spec.entry_point}')\""
+        "promote it to the model registry (champion if it beats the current one):\n"
+        f"  mlflow run . -e promote --env-manager local -P task={spec.entry_point} -P run_id={run_id}"
     )
 
 

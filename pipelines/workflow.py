@@ -29,7 +29,10 @@ class StepFailed(InputError):
 
 
 def run_pipeline(task, variant, sweep_settings, margin, experiment=""):
-    """Run the three steps for one entry point; return {step: run id}."""
+    """Run the three steps for one entry point; return {step: run id}.
+
+    `sweep_settings` are the sweep's parameters, training parameters (`data`, ...) included.
+    """
     entry_point = task.qualified_name(variant)
     study = sweep_settings.get("study_name") or entry_point
     steps = [

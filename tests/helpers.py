@@ -1,8 +1,11 @@
 """Helpers the tests share."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -25,3 +28,28 @@ def run_cli(*args, timeout=600, **popen):
         env={**os.environ},
         **popen,
     )
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Straight to 127.0.0.1, whatever proxy the environment names.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def wait_until_serving(url, process, timeout):
+    """Poll `url` until it answers; fail if `process` (the server) exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            LOCAL.open(url, timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited with code {process.returncode} before serving {url}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing served {url} within {timeout} s")
+            time.sleep(0.5)

@@ -1,10 +1,8 @@
 """The model registry: promote with a champion gate, compare versions, serve the champion, the whole loop."""
 
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import mlflow
@@ -13,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipelines.__main__ import main
-from tests.helpers import PROJECT, run_cli, runs
+from tests.helpers import LOCAL, PROJECT, free_port, runs, wait_until_serving
 
 MODEL = "mnist_cnn"
 TINY_CNN = ["--epochs", "3", "--batch_size", "16", "--filters", "8", "--units", "16", "--lr_schedule", "constant"]
@@ -212,12 +210,6 @@ def test_compare_refuses_unknown_models(spec, message, store, capsys):
 # --- serve ------------------------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_champion_serves_predictions_over_rest(store, good_and_bad):
     good, _ = good_and_bad
@@ -226,25 +218,17 @@ def test_the_champion_serves_predictions_over_rest(store, good_and_bad):
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-3000:]
-                assert time.time() < deadline, "the scoring server did not start"
-                time.sleep(1)
+        wait_until_serving(f"http://127.0.0.1:{port}/ping", server, timeout=180)
         images = np.random.default_rng(0).integers(0, 255, (3, 28, 28, 1)).astype("uint8")
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps({"inputs": images.tolist()}).encode(),
             headers={"Content-Type": "application/json"},
         )
-        predictions = np.array(json.load(urllib.request.urlopen(request, timeout=60))["predictions"])
+        predictions = np.array(json.load(LOCAL.open(request, timeout=60))["predictions"])
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -176,7 +176,7 @@ def test_sweep_nests_trials_under_the_study_run_records_pruning_and_resumes(stor
 
     best = optuna.load_study(study_name="digits", storage=open_storage(journal, 10, None)).best_trial
     assert f"best trial {best.number}" in out and best.user_attrs["mlflow_run_id"] in out
-    assert f"mlflow.register_model('models:/{best.user_attrs['model_id']}', 'mnist_cnn')" in out
+    assert f"mlflow run . -e promote --env-manager local -P task=mnist_cnn -P run_id={best.user_attrs['mlflow_run_id']}" in out
     assert parent.data.tags["best.run_id"] == best.user_attrs["mlflow_run_id"]
 
     # The same command resumes the study: numbering goes on, finished trials are not redone.

@@ -1,21 +1,12 @@
 """The same entry point, unchanged, against a real `mlflow server` instead of the embedded store."""
 
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import mlflow
 import pytest
 
-from tests.helpers import run_cli
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import free_port, run_cli, wait_until_serving
 
 
 @pytest.fixture
@@ -30,15 +21,7 @@ def server(tmp_path, monkeypatch):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(0.5)
+        wait_until_serving(f"{url}/health", process, timeout=90)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)

@@ -1,0 +1,121 @@
+"""The MLflow UI as headless Chromium renders it from a real `mlflow server`: our runs and the champion."""
+
+import html
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from pipelines.__main__ import main
+from tests.helpers import free_port, wait_until_serving
+
+CHROMIUM = shutil.which("chromium")  # Debian's `chromium` package; nothing downloads a browser
+MODEL, ALIAS = "xor", "champion"
+SERVER_START_S = 60  # a cold `mlflow server` takes ~6 s here
+# Virtual time skips idle waits and pauses while fetches are pending, so the UI's requests
+# finish inside the budget, and a generous one still costs only ~3 s of real time per page.
+VIRTUAL_TIME_BUDGET_MS = 30_000
+CHROMIUM_TIMEOUT_S = 120
+WINDOW_SIZE = "1400,900"
+MIN_SCREENSHOT_BYTES = 5_000  # a blank or error page compresses far below this
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",  # as root, and in containers without user namespaces
+    "--disable-gpu",
+    "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
+    # Only 127.0.0.1: no proxy, less background traffic, and every other host unresolvable
+    # (Chromium still tries Google's update and account hosts; this stops them).
+    "--no-proxy-server",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+
+
+@pytest.fixture
+def chromium():
+    if CHROMIUM is None:
+        message = "needs the `chromium` binary (Debian package `chromium`)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must install it: .ci/run does
+        pytest.skip(message)
+    return CHROMIUM
+
+
+@pytest.fixture
+def ui_server(store, tmp_path, monkeypatch):
+    """`mlflow server` (UI and REST API) over the test's SQLite store; yields its URL."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # only 127.0.0.1 traffic
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"],
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: uvicorn and job workers stop with it
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(f"{url}/health", process, timeout=SERVER_START_S)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def render(chromium, url, screenshot, profile):
+    """The DOM of `url` once the page settled, saving a screenshot of it at the same moment."""
+    completed = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={WINDOW_SIZE}",
+         f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}", f"--screenshot={screenshot}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=CHROMIUM_TIMEOUT_S,
+    )  # fmt: skip
+    # Chromium exits 0 even when the page fails to load, so the screenshot and DOM are what count.
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert screenshot.is_file(), completed.stderr[-3000:]
+    assert screenshot.stat().st_size > MIN_SCREENSHOT_BYTES
+    with Image.open(screenshot) as image:
+        image.verify()  # a complete, decodable PNG
+    assert image.format == "PNG"
+    return completed.stdout
+
+
+def visible_text(dom):
+    """The page's text as a user reads it: no scripts or styles, entities decoded, spaces collapsed."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
+
+
+@pytest.mark.slow
+def test_ui_lists_the_runs_and_shows_the_champion(chromium, ui_server, store, tmp_path):
+    for _ in range(2):
+        assert main(["train", "--task", "xor", "--epochs", "2"]) == 0
+    experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
+    runs = store.search_runs([experiment_id])
+    assert len(runs) == 2
+    assert main(["promote", "--task", MODEL, "--run_id", runs[0].info.run_id]) == 0
+
+    # The experiment's "Training runs" tab (its bare route opens the GenAI overview instead).
+    runs_page = f"{ui_server}/#/experiments/{experiment_id}/runs"
+    dom = render(chromium, runs_page, tmp_path / "runs.png", tmp_path / "profile")
+    for run in runs:  # each run's row links to it under its name (both are named after the task)
+        href = f"#/experiments/{experiment_id}/runs/{run.info.run_id}"
+        link = f'href="{re.escape(href)}">(?:<[^>]*>)*{re.escape(run.info.run_name)}<'
+        assert re.search(link, dom), f"run {run.info.run_name} ({run.info.run_id}) not listed"
+
+    dom = render(chromium, f"{ui_server}/#/models/{MODEL}", tmp_path / "model.png", tmp_path / "profile")
+    text = visible_text(dom)
+    assert "Version 1" in text and f"@ {ALIAS}" in text, text[:2000]
