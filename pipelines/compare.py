@@ -34,6 +34,7 @@ CURVES = ("val_accuracy", "val_loss", "accuracy", "loss")  # the first two a run
 LATENCY_REPEATS = 20
 THROUGHPUT_BATCH = 256
 REPORT_DIR = Path("reports")
+LINEAGE_COLUMNS = ("run_id", "study", "test_dataset_digest", "git_commit")
 COMPARE_PARAMS = {
     "model": Param(str, lambda v: True, "model specs", "name, name/3, name@champion, 'mnist_cnn*@champion'; comma-separated"),
     "output": Param(str, lambda v: True, "a path", "the local HTML report (default: reports/compare-<model>.html)"),
@@ -102,18 +103,33 @@ def version_row(client, version):
         "model": version.name,
         "version": int(version.version),
         "aliases": ", ".join(sorted(version.aliases)),
-        **{name: value for name, value in sorted(metrics.items()) if name.startswith("test_")},
-        **{name: params[name] for name in KEY_PARAMS if name in params},
+        **{name: value for name, value in sorted(metrics.items()) if name.startswith("test_") and not _per_class(name)},
+        **{name: _as_number(params[name]) for name in KEY_PARAMS if name in params},
         "num_params": int(params["num_params"]) if "num_params" in params else None,
         "train_time_s": metrics.get("train_time_s"),
         "latency_ms": latency_ms,
         "images_per_s": throughput,
+        **{name: value for name, value in sorted(metrics.items()) if _per_class(name)},
         "run_id": run.info.run_id,
         "study": run.data.tags.get("optuna.study_name", ""),
         "test_dataset_digest": test_digest(run),
         "git_commit": run.data.tags.get(tracking.GIT_COMMIT_TAG, "")[:10],
     }
     return row
+
+
+def _per_class(metric):
+    return metric.startswith("test_recall_")
+
+
+def _as_number(text):
+    """MLflow keeps params as text; numbers read back as numbers sort and format as such."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def inference_speed(model_uri):
@@ -198,7 +214,8 @@ def render_html(title, table, figures):
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{table.to_html(index=False, na_rep='', float_format=_number)}"
+        f"<body><h1>{html.escape(title)}</h1><div style='overflow-x:auto'>"
+        f"{table.to_html(index=False, na_rep='', float_format=_number)}</div>"
         f"{''.join(images)}</body></html>"
     )
 
@@ -238,7 +255,9 @@ def run_comparison(spec, output="", experiment=""):
         mlflow.log_text(table.to_csv(index=False), "comparison/table.csv")
         for name, figure in figures.items():
             tracking.log_figure(figure, f"comparison/{name}.png")
-    print(table.drop(columns=["run_id", "test_dataset_digest", "git_commit"]).to_string(index=False))
+    # The console gets the headline columns; the report has them all.
+    brief = table.drop(columns=[c for c in table if _per_class(c) or c in LINEAGE_COLUMNS])
+    print(brief.to_string(index=False, float_format=_number))
     print(f"report: {path} (and comparison/report.html on run {run.info.run_id})")
     return path, run.info.run_id
 
