@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from experiments import InputError
 from pipelines import tracking
-from pipelines.params import Param
+from pipelines.params import NAME_RULE, Param, is_name
 from pipelines.registry import CHAMPION, test_digest
 
 KEY_PARAMS = ("epochs", "batch_size", "optimizer", "learning_rate", "lr_schedule",
@@ -54,6 +54,8 @@ def resolve_versions(spec):
             continue
         name, _, alias = part.partition("@")
         name, _, number = name.partition("/")
+        if not is_name(name.replace("*", "")) or not is_name(alias) or not (number.isdigit() or not number):
+            raise InputError(f"model: '{part}' is not name, name/version or name@alias ({NAME_RULE}, '*' in names)")
         for model_name in _model_names(client, name, part):
             for version in _versions(client, model_name, alias, number, part):
                 versions[(version.name, int(version.version))] = version

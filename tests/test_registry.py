@@ -198,6 +198,7 @@ def test_compare_reports_versions_side_by_side(store, good_and_bad, mnist_npz, t
         ("mnist_cnn@gold", "error: model: no model version 'mnist_cnn@gold'"),
         ("cifar*", "error: model: no registered model matches 'cifar*'"),
         ("", "error: model: give a registered model"),
+        ("mnist_cnn'; --", "error: model: 'mnist_cnn'; --' is not name, name/version or name@alias"),
     ],
 )
 def test_compare_refuses_unknown_models(spec, message, store, capsys):
