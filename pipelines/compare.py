@@ -24,7 +24,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from experiments import InputError
-from pipelines import tracking
+from pipelines import reporting, tracking
 from pipelines.params import NAME_RULE, Param, is_name
 from pipelines.registry import CHAMPION, test_digest
 
@@ -177,7 +177,7 @@ def _history(client, run_id):
 
 
 def confusion_figure(versions, labels):
-    """The versions' test confusion matrices side by side (row-normalized), or None for regression."""
+    """The versions' test confusion matrices side by side, or None for regression."""
     matrices = {}
     for label, version in zip(labels, versions):
         try:
@@ -186,19 +186,9 @@ def confusion_figure(versions, labels):
             continue
     if not matrices:
         return None
-    figure, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(matrices), figsize=(4.5 * len(matrices), 4.8), squeeze=False)
     for axis, (label, data) in zip(axes[0], matrices.items()):
-        matrix = np.asarray(data["matrix"], dtype=float)
-        rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-        axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-        ticks = np.arange(len(data["labels"]))
-        axis.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title=label)
-        axis.set_xticklabels(data["labels"], rotation=45, fontsize="x-small")
-        axis.set_yticklabels(data["labels"], fontsize="x-small")
-        for (row, col), count in np.ndenumerate(matrix.astype(int)):
-            if count:
-                axis.text(col, row, count, ha="center", va="center", fontsize="xx-small",
-                          color="white" if rates[row, col] > 0.5 else "black")  # fmt: skip
+        reporting.draw_confusion(axis, data["matrix"], data["labels"], label)
     figure.tight_layout()
     return figure
 

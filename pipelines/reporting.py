@@ -70,9 +70,13 @@ def confusion(kind, y_true, outputs, class_names):
 def confusion_figure(matrix, class_names):
     size = max(4.5, 0.6 * len(class_names) + 2)
     figure, axis = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(matrix, display_labels=class_names).plot(
-        ax=axis, cmap="Blues", colorbar=False, xticks_rotation=45
-    )
-    axis.set_title("test split")
+    draw_confusion(axis, matrix, class_names, "test split")
     figure.tight_layout()
     return figure
+
+
+def draw_confusion(axis, matrix, class_names, title):
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=class_names).plot(
+        ax=axis, cmap="Blues", colorbar=False, xticks_rotation=45
+    )
+    axis.set_title(title)
