@@ -126,32 +126,37 @@ def test_racing_promotions_lose_no_version_and_crown_the_best(store, good_and_ba
     assert champion.tags["source_run_id"] == good.info.run_id
 
 
+def leftover_run(client, entry_point, with_metric, status):
+    """A real run as a crashed or interrupted training leaves it: its tags, maybe its metric, no model."""
+    experiment_id = client.get_experiment_by_name("tests").experiment_id
+    tags = {"entry_point": entry_point, "task": "mnist", "variant": "cnn"}
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    if with_metric:
+        client.log_metric(run_id, "test_accuracy", 0.9)
+    client.set_terminated(run_id, status)
+    return run_id
+
+
+WITH_RUN = ["--task", MODEL, "--run_id", "{run_id}"]
+
+
 @pytest.mark.parametrize(
-    ("case", "message"),
+    ("argv", "leftover", "message"),
     [
-        ("no runs", "error: task: no finished run of mnist_cnn with test_accuracy in the tracking store"),
-        ("unknown task", "error: task: unknown task 'cifar'"),
-        ("no metric", "error: run_id: run {run_id} has no test_accuracy metric"),
-        ("no model", "error: run_id: run {run_id} has no logged model (its model failed to log)"),
-        ("wrong task", "error: run_id: run {run_id} trained xor, not mnist_cnn"),
-        ("bad margin", "error: margin: -1.0 is out of range"),
-        ("unknown run", "error: run_id: no run 0123456789abcdef in the tracking store"),
+        (["--task", MODEL], None, "error: task: no finished run of mnist_cnn with test_accuracy in the tracking store"),
+        (["--task", "cifar"], None, "error: task: unknown task 'cifar'"),
+        (WITH_RUN, (MODEL, False, "FAILED"), "error: run_id: run {run_id} has no test_accuracy metric"),
+        (WITH_RUN, (MODEL, True, "FINISHED"), "error: run_id: run {run_id} has no logged model (its model failed to log)"),
+        (WITH_RUN, ("xor", True, "FINISHED"), "error: run_id: run {run_id} trained xor, not mnist_cnn"),
+        ([*WITH_RUN, "--study", "digits"], (MODEL, True, "FINISHED"), "error: run_id: give run_id or study, not both"),
+        (["--task", MODEL, "--run_id", "0123456789abcdef"], None, "error: run_id: no run 0123456789abcdef in the tracking store"),
+        (["--task", MODEL, "--margin", "-1"], None, "error: margin: -1.0 is out of range"),
+        (["--task", MODEL, "--study", "a'b"], None, "error: study: a'b is out of range"),
     ],
 )
-def test_bad_promotions_are_one_error_line_and_register_nothing(case, message, store, capsys):
-    client, experiment_id = store, store.get_experiment_by_name("tests").experiment_id
-    args, run_id = [], ""
-    if case in ("no metric", "no model", "wrong task"):
-        # Real runs as a crashed or interrupted training leaves them.
-        tags = {"entry_point": "xor" if case == "wrong task" else MODEL, "task": "mnist", "variant": "cnn"}
-        run_id = client.create_run(experiment_id, tags=tags).info.run_id
-        if case != "no metric":
-            client.log_metric(run_id, "test_accuracy", 0.9)
-        client.set_terminated(run_id, "FINISHED" if case != "no metric" else "FAILED")
-        args = ["--run_id", run_id]
-    argv = {"unknown task": ["promote", "--task", "cifar"], "bad margin": ["promote", "--task", MODEL, "--margin", "-1"],
-            "unknown run": ["promote", "--task", MODEL, "--run_id", "0123456789abcdef"]}.get(case, ["promote", "--task", MODEL, *args])  # fmt: skip
-    assert main(argv) == 2
+def test_bad_promotions_are_one_error_line_and_register_nothing(argv, leftover, message, store, capsys):
+    run_id = leftover_run(store, *leftover) if leftover else ""
+    assert main(["promote", *(word.format(run_id=run_id) for word in argv)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message.format(run_id=run_id)), err
     assert not store.search_registered_models()
