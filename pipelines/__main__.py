@@ -158,7 +158,7 @@ def main(argv=None):
             name,
             help=help_text,
             description=help_text,
-            epilog=_settings_help(name) if "-h" in (argv or sys.argv) or "--help" in (argv or sys.argv) else None,
+            epilog=_settings_help(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if name in TASK_COMMANDS:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from experiments import entry_points
-from pipelines.params import PARAMS, defaults_for
 from pipelines.compare import COMPARE_DEFAULTS, COMPARE_PARAMS
+from pipelines.params import PARAMS, defaults_for
 from pipelines.registry import PROMOTE_DEFAULTS, PROMOTE_PARAMS
 from pipelines.sweep import SWEEP_DEFAULTS, SWEEP_PARAMS, SWEEP_TRAINING_DEFAULTS
 from pipelines.workflow import PIPELINE_DEFAULTS, PIPELINE_PARAMS
