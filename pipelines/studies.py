@@ -4,7 +4,8 @@
   processes on one machine (a single SQLite file is not safe for parallel writers).
 - `postgresql://...` shares a study across machines; a heartbeat marks the trials of
   dead workers failed so that they can be retried.
-- `TrialSlots` makes all workers together start exactly n_trials trials.
+- `StudyLock` makes all workers together start exactly n_trials trials, and lets
+  workers started at once open one study without racing to create it.
 """
 
 import contextlib
@@ -133,25 +134,38 @@ def _alive(pid):
         return True
 
 
-class TrialSlots:
-    """A lock across workers, held from the check "fewer than n_trials finished or running"
-    until the new trial exists, so that together they start exactly n_trials trials.
-    (Optuna's MaxTrialsCallback counts only finished trials and overshoots by up to one per worker.)
+class StudyLock:
+    """A lock across workers on one storage, on many machines too.
+
+    `StudyLock(url, study_name, "slots")` is held from the check "fewer than n_trials finished
+    or running" until the new trial exists, so that together the workers start exactly
+    n_trials trials. (Optuna's MaxTrialsCallback counts only finished trials and overshoots
+    by up to one per worker.) `StudyLock(url, "", "setup")` serializes opening a storage and a
+    study: workers started at once would otherwise race to create Optuna's tables.
 
     A PostgreSQL advisory lock serves workers on many machines; a file lock serves one machine.
     """
 
-    def __init__(self, url, study_name):
+    def __init__(self, url, study_name, purpose):
         self._held = False
         if url.startswith("postgresql"):
             engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-            self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            digest = hashlib.sha256(f"keras-mlflow-sweep:{study_name}".encode()).digest()
+            try:
+                self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            except sqlalchemy.exc.SQLAlchemyError as error:
+                reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+                raise InputError(f"storage: cannot open {describe(url)}: {reason}") from None
+            digest = hashlib.sha256(f"keras-mlflow-sweep:{purpose}:{study_name}".encode()).digest()
             self._key = int.from_bytes(digest[:8], "big", signed=True)
             self._file = None
         else:
             database = url.split("///", 1)[1] if url.startswith("sqlite") else (url or str(DEFAULT_JOURNAL))
-            self._file = open(f"{Path(database).expanduser()}.slots.lock", "a")  # not Optuna's own .lock
+            lock_file = Path(f"{Path(database).expanduser()}.{purpose}.lock")  # not Optuna's own .lock
+            try:
+                lock_file.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(lock_file, "a")
+            except OSError as error:
+                raise InputError(f"storage: cannot use {lock_file}: {error.strerror or error}") from None
             self._connection = None
 
     def __enter__(self):

@@ -98,6 +98,7 @@ class SweepSpec:
     heartbeat_interval: int
     experiment_id: str
     parent_run_id: str
+    session: int = 0  # how many sweep commands opened the study before this one
     worker_index: int = 0
 
 
@@ -129,9 +130,17 @@ def run_sweep(task, variant, settings, params, fixed_by_user, experiment):
     experiment_id = tracking.use_experiment(experiment, task.name)
     client = mlflow.MlflowClient()
     on_stale = FailStaleTrial(experiment_id, study_name)
-    storage = studies.open_storage(settings["storage"], settings["heartbeat_interval"], on_stale)
-    study = _create_or_resume(storage, study_name, direction, entry_point)
-    parent_run_id = _open_study_run(client, study, experiment_id, task, variant)
+    # Workers started at once (compose --scale, a cluster job) would race to create the tables and the run.
+    setup = studies.StudyLock(settings["storage"], "", "setup")
+    try:
+        with setup:
+            storage = studies.open_storage(settings["storage"], settings["heartbeat_interval"], on_stale)
+            study = _create_or_resume(storage, study_name, direction, entry_point)
+            parent_run_id = _open_study_run(client, study, experiment_id, task, variant)
+            session = study.user_attrs.get("sessions", 0)
+            study.set_user_attr("sessions", session + 1)
+    finally:
+        setup.close()
     _log_settings(client, parent_run_id, settings, study_name, metric, direction, space, params)
     finished, _ = studies.trial_counts(study)
     print(
@@ -155,6 +164,7 @@ def run_sweep(task, variant, settings, params, fixed_by_user, experiment):
         heartbeat_interval=settings["heartbeat_interval"],
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
+        session=session,
     )
     status, problems = "FAILED", []
     try:
@@ -180,7 +190,7 @@ def run_sweep(task, variant, settings, params, fixed_by_user, experiment):
 
 
 def _fail_stale_trials(study, storage, on_stale):
-    slots = studies.TrialSlots(storage, study.study_name)
+    slots = studies.StudyLock(storage, study.study_name, "slots")
     try:
         with slots:
             studies.fail_stale_trials(study, storage, on_stale)
@@ -426,7 +436,7 @@ def run_worker(spec, splits=None):
         sampler=_sampler(spec),
         pruner=_pruner(spec),
     )
-    slots = studies.TrialSlots(spec.storage, spec.study_name)
+    slots = studies.StudyLock(spec.storage, spec.study_name, "slots")
     client = mlflow.MlflowClient()
     failures = []
 
@@ -482,7 +492,8 @@ def run_worker(spec, splits=None):
 
 
 def _sampler(spec):
-    seed = spec.params["seed"] + spec.worker_index  # workers must not all sample the same points
+    # Workers, and sweep commands on other machines or resuming the study, must not sample the same points.
+    seed = spec.params["seed"] + 1000 * spec.session + spec.worker_index
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "qmc":

@@ -44,9 +44,13 @@ def _class_images(labels, size, rng):
 
 @pytest.fixture
 def mnist_npz(tmp_path):
+    return write_mnist_npz(tmp_path / "mnist.npz")
+
+
+def write_mnist_npz(path):
+    """120 train and 40 test images in Keras' mnist.npz layout."""
     rng = np.random.default_rng(0)
     y_train, y_test = np.arange(120) % 10, np.arange(40) % 10
-    path = tmp_path / "mnist.npz"
     np.savez(
         path,
         x_train=_class_images(y_train, 28, rng),

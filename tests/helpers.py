@@ -1,6 +1,7 @@
 """Helpers the tests share."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -8,8 +9,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
+DOCKER = PROJECT / "docker"
 
 
 def runs(client):
@@ -53,3 +57,38 @@ def wait_until_serving(url, process, timeout):
             if time.monotonic() > deadline:
                 raise AssertionError(f"nothing served {url} within {timeout} s")
             time.sleep(0.5)
+
+
+# docker compose, as far as the tests need it: its variable interpolation and merge tags.
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?)([-?])([^}]*))?\}")
+
+
+def interpolate(text, variables):
+    """Compose's ${NAME}, ${NAME:-default}, ${NAME-default} and ${NAME:?error} over `variables`."""
+
+    def value(match):
+        name, colon, operator, argument = match.groups()
+        given = variables.get(name)
+        if given is None or (colon and given == ""):
+            if operator == "?":
+                raise KeyError(f"{name}: {argument}")
+            return argument if operator == "-" else ""
+        return given
+
+    return _VARIABLE.sub(value, text)
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML with compose's `!override` and `!reset` merge tags (the value as written)."""
+
+
+for _tag in ("!override", "!reset"):
+    _ComposeLoader.add_constructor(
+        _tag, lambda loader, node: loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode)
+        else loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node)
+    )  # fmt: skip
+
+
+def load_compose(name="compose.yaml", variables=None):
+    """A compose file of docker/, interpolated as `docker compose` would with `variables` as its .env."""
+    return yaml.load(interpolate((DOCKER / name).read_text(), variables or {}), Loader=_ComposeLoader)
