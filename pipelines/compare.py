@@ -29,7 +29,7 @@ from pipelines.params import NAME_RULE, Param, is_name
 from pipelines.registry import CHAMPION, test_digest
 
 KEY_PARAMS = ("epochs", "batch_size", "optimizer", "learning_rate", "lr_schedule",
-              "units", "hidden_layers", "filters", "dropout", "conv_dropout", "l1", "l2")  # fmt: skip
+              "units", "hidden_layers", "filters", "dropout", "conv_dropout", "l1", "l2", "shift")  # fmt: skip
 CURVES = ("val_accuracy", "val_loss", "accuracy", "loss")  # the first two a run has are drawn
 LATENCY_REPEATS = 20
 THROUGHPUT_BATCH = 256

@@ -30,6 +30,10 @@ def _fraction(value):
     return 0 <= value < 1
 
 
+def _half(value):
+    return 0 <= value < 0.5
+
+
 def is_name(value):
     """A study or model name: safe in file names and in MLflow search filters."""
     return len(value) <= 100 and all(c.isalnum() or c in "_.-" for c in value)
@@ -64,6 +68,9 @@ MODEL_PARAMS = {
     "conv_dropout": Param(float, _fraction, "a number in [0, 1)", "dropout rate after each pooling"),
     "l1": Param(float, _at_least(0), "a number >= 0", "L1 kernel regularization strength"),
     "l2": Param(float, _at_least(0), "a number >= 0", "L2 kernel regularization strength"),
+    "shift": Param(
+        float, _half, "a number in [0, 0.5)", "random shift of training images, as a fraction of their size"
+    ),
 }
 PARAMS = {**TRAINING_PARAMS, **MODEL_PARAMS}
 

@@ -206,7 +206,7 @@ def evaluate_on(task, run, model_uri):
     data = run.data.params.get("data") or None
     splits = task.load(Path(data) if data else None, int(run.data.params.get("seed", 0)))
     variant = run.data.tags["variant"]
-    metrics, _ = evaluate_model(mlflow.keras.load_model(model_uri), task, variant, splits)
+    metrics, _, _ = evaluate_model(mlflow.keras.load_model(model_uri), task, variant, splits)
     return metrics
 
 
