@@ -43,7 +43,8 @@ HISTORY = """\
 
 - `churn`: 50 epochs at batch 32 gave accuracy 0.8595 and ROC AUC 0.8596, short of both
   targets; the tutorial's own recipe (100 epochs at batch 10) replaced it.
-- `emotion_cnn` misses its target by about 0.21. Without per-image auto-contrast, 30 epochs
+- `emotion_cnn` misses its target by about 0.19 (0.21 before the pipeline's input change).
+  Without per-image auto-contrast, 30 epochs
   gave PrivateTest accuracy 0.293, with validation accuracy falling from 0.37 (epoch 4) to
   0.30 while training accuracy rose to 0.44. This copy of FER2013 has flatter training
   images than test images (median per-image pixel std 38 against 54). `AutoContrast` in

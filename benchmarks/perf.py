@@ -70,7 +70,7 @@ Measured with `python benchmarks/perf.py --probe pipeline` on the default data, 
 - `mnist_cnn_bn`: before, 12 epochs from 0.002 without shifts. After, the `mnist_cnn` recipe
   over 20 epochs: the section above. Over 15 epochs it gave 99.45% (best 99.48% at epoch 13).
 - `emotion_cnn_deep` is new: a VGG-style network with batch norm, 20 epochs, about 35 s
-  each. On this copy of FER2013 it does no better than the tutorial's `emotion_cnn` (0.295,
+  each. On this copy of FER2013 it does no better than the tutorial's `emotion_cnn` (0.311,
   benchmarks/accuracy.md), because both learn from blurred faces (below).
 """
 # What limits the figures (kept by hand; the measurements behind each are named).
