@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import write_results  # benchmarks/report.py, beside this script
+
 PROJECT = Path(__file__).resolve().parents[1]
 OUT = PROJECT / "benchmarks" / "out"
 REPORT = PROJECT / "benchmarks" / "accuracy.md"
@@ -32,35 +34,15 @@ TARGETS = {
         lambda m: abs(m["learned_weight"] - 2) <= 0.01 and abs(m["learned_bias"] - 1) <= 0.01,
     ),
     "iris": (None, "accuracy >= 0.95", lambda m: m["test_accuracy"] >= 0.95),
-    "churn": (None, "accuracy >= 0.86 and ROC AUC >= 0.85", lambda m: m["test_accuracy"] >= 0.86 and m["test_roc_auc"] >= 0.85),
+    "churn": (
+        None,
+        "accuracy >= 0.86 and ROC AUC >= 0.85",
+        lambda m: m["test_accuracy"] >= 0.86 and m["test_roc_auc"] >= 0.85,
+    ),
     "mnist_mlp": (MNIST, "accuracy >= 98.0%", lambda m: m["test_accuracy"] >= 0.98),
     "mnist_cnn": (MNIST, "accuracy >= 99.3% in its default epochs", lambda m: m["test_accuracy"] >= 0.993),
     "emotion_cnn": (FER, "PrivateTest accuracy >= 0.50 in its default epochs", lambda m: m["test_accuracy"] >= 0.50),
 }
-# Changes to default recipes, with the figures before and after (kept by hand).
-HISTORY = """\
-## Changes to the defaults
-
-- `churn`: 50 epochs at batch 32 gave accuracy 0.8595 and ROC AUC 0.8596, short of both
-  targets; the tutorial's own recipe (100 epochs at batch 10) replaced it.
-- `emotion_cnn` misses its target by about 0.19 (0.21 before the pipeline's input change).
-  Without per-image auto-contrast, 30 epochs
-  gave PrivateTest accuracy 0.293, with validation accuracy falling from 0.37 (epoch 4) to
-  0.30 while training accuracy rose to 0.44. This copy of FER2013 has flatter training
-  images than test images (median per-image pixel std 38 against 54). `AutoContrast` in
-  the model evens that out (std 59.4 against 59.5) but gives 0.295, with the same falling
-  validation curve. The other difference is blur: every training image of this copy is
-  blurred (median variance of the Laplacian 6, against 2101 for the test images), and the
-  loader now warns of it. It limits the result more than the model does: a model that reads
-  the training images correctly at 46% reads PublicTest at 30%.
-- `iris`: Adam from 0.01 for 150 epochs gave 0.9667 until the pipeline's batch order changed
-  (one `tf.data` pipeline instead of Keras' array adapter), then 0.9333: one flower of 30.
-  From 0.005 it gives 0.9667 again, as do 100 or 200 epochs from 0.01.
-- `mnist_cnn`: Adam at a constant 0.001 for 12 epochs gave 98.87%; cosine decay from 0.002
-  over the same 12 epochs gave 99.31% in 210 s. The current recipe (8 epochs from 0.004,
-  images shifted by up to 10%) gives the figure above; benchmarks/performance.md has its
-  curve and the recipes tried on the way.
-"""
 SHOWN = ("test_accuracy", "test_roc_auc", "learned_weight", "learned_bias", "test_mse")
 
 
@@ -124,7 +106,7 @@ def write_report(results):
             f"| {result['epochs']} | {result['train_time_s']:.0f} s | {result['wall_time_s']:.0f} s "
             f"| `{result['command']}` |"
         )
-    REPORT.write_text("\n".join(lines) + "\n\n" + HISTORY)
+    write_results(REPORT, "\n".join(lines))
 
 
 def main():

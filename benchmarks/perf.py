@@ -27,6 +27,8 @@ import tensorflow as tf
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
+from report import write_results  # noqa: E402  (benchmarks/report.py, beside this script)
+
 from experiments import resolve  # noqa: E402
 from pipelines.params import parse_params  # noqa: E402
 from pipelines.train import STEPS_PER_EXECUTION, build_model, prepare_data, train, training_batches  # noqa: E402
@@ -44,83 +46,6 @@ QUICK_EPOCHS = {"xor": None, "linear": None, "iris": None, "churn": 10}
 MEMORY_SMALL_SAMPLES = 1000
 # The entry points whose default recipes the full set times to accuracy, beyond `mnist_cnn`.
 BEST_MNIST, BEST_FER = "mnist_cnn_bn", "emotion_cnn_deep"
-# Changes to default recipes, with the figures before and after (kept by hand).
-HISTORY = """\
-## Changes to the defaults
-
-Measured with `python benchmarks/perf.py --probe pipeline` on the default data, seed 42.
-
-- All entry points: batches now come from one `tf.data` pipeline over index-shuffled
-  tensors, and the model is compiled with `steps_per_execution=32`. The shuffle order
-  changed, so every run's figures moved a little; the math did not. `xor` used to train for
-  33 s (benchmarks/accuracy.md), 10.6 s of which went to Keras building an iterator every
-  epoch (cProfile). Now the whole `python -m pipelines train --task xor` takes 19 s of wall
-  time, as long as `python benchmarks/plain/xor.py` does (two runs of each).
-- `iris`: learning rate 0.01 to 0.005. With the new batch order 0.01 gave 0.933 (28 of 30);
-  0.005 gives 0.967, as 0.01 did before (benchmarks/accuracy.md).
-- `mnist_cnn`: before, 12 epochs of Adam from 0.002 with cosine decay, batch 128, no
-  augmentation: 99.31% test accuracy in 210 s of training (benchmarks/accuracy.md). After,
-  8 epochs from 0.004 with images shifted by up to 10% (`shift=0.1`): the curve above. The
-  recipes tried on the way overran each epoch by up to 31 steps (a bug since fixed), so
-  their figures are only indicative (test accuracy, training time): 10 epochs from 0.002
-  without shifts, 99.29% (62 s, having touched 99.30% at epoch 7); 10 epochs from 0.003 with
-  shifts, 99.40% (70 s); the same at batch 256 from 0.004, 99.44% (72 s); 9 epochs from
-  0.003, 99.28% (57 s); 9 epochs from 0.004, 99.43%; 9 epochs of AdamW from 0.003, 99.33%
-  (62 s); 8 epochs from 0.004, 99.38% (49 s).
-- `mnist_cnn_bn`: before, 12 epochs from 0.002 without shifts. After, the `mnist_cnn` recipe
-  over 20 epochs: the section above. Over 15 epochs it gave 99.45% (best 99.48% at epoch 13).
-- `emotion_cnn_deep` is new: a VGG-style network with batch norm, 20 epochs, about 35 s
-  each. On this copy of FER2013 it does no better than the tutorial's `emotion_cnn` (0.311,
-  benchmarks/accuracy.md), because both learn from blurred faces (below).
-"""
-# What limits the figures (kept by hand; the measurements behind each are named).
-LIMITS = """\
-## What limits the figures
-
-- **Noise.** On this machine the same command's time moves by up to a third from minute to
-  minute: the same plain 2-epoch `fit` took 11.8 s and 16.8 s in back-to-back processes, and
-  the same configuration's epochs ran between 4.9 s and 10.4 s. Each comparison alternates
-  its sides and reports the median ratio; every pair's ratio is in benchmarks/out/perf.json.
-  With 5 pairs, a ratio's median still moves by about 0.1 between runs of the suite.
-- **Time to 99.3%.** The `mnist_cnn` recipe's 8 epochs trained in 80 s in the run above and
-  in 76 s in benchmarks/accuracy.md, both in a slow spell: stock Keras then took 8.3 s per
-  epoch (the overhead row's plain `fit`). In a faster spell earlier the same session, 8
-  epochs took 49 s. That run was an earlier version of the code, with 6% more steps per
-  epoch, and reached 99.38%. So the 66 s target is met only in a fast spell. A shorter
-  schedule could meet it in a slow spell too, since the curve first passes 99.3% at epoch 5
-  of 8, but none was tried.
-- **Memory.** MNIST's data costs 162 MiB while training, against one float32 copy of the
-  training set at 161.5 MiB: at the limit, not under it. FER2013's costs 78 MiB against
-  252 MiB. Both figures include the allocator's high-water marks, and they are not broken
-  down further.
-- **Training overhead.** A tracked run adds about 1.5 to 2 s to plain `fit` and `evaluate`,
-  and that cost is fixed. The items: the logged model, 0.34 s (saving, MLmodel, requirements,
-  input example); the two figures, 0.15 s; datasets and params, 0.1 s; and ending the run,
-  0.4 to 0.7 s. The times come from timing each step of `train` on full MNIST for 1 epoch,
-  in a fresh process. Ending the run waits because autolog logs each epoch's metrics through
-  MLflow's async queue, whose thread polls with a 1-second timeout that `end_run` sits out.
-  `MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS` avoids that wait, but it hung `end_run` here
-  (MLflow 3.17.2), so it is not used. `fit` itself costs the same as stock Keras (the fit
-  row above). Over 2 epochs of MNIST, 1.5 s is 8-10%, so the 1.05 target is not met. Over
-  the 8 epochs of the default recipe it is about 3%.
-- **Compute and input.** On 2 cores a conv step is bound by oneDNN's convolution kernels.
-  `steps_per_execution` changed stock throughput by a few percent (9,280 against 10,900
-  images/s in one 3-epoch pair, inside the noise). The input row is not settled: two runs of
-  the suite put the pipeline's feed at 0.84 and 0.68 of cached tensors. A separate 3-epoch
-  test of the feeds in one quiet spell put them within noise of each other: cached batches,
-  index gather with and without a parallel map, and one permutation per epoch, 4.8 to 5.5 s
-  per epoch each. Caching the batches themselves would make every epoch see the same batches.
-  XLA (`jit_compile=True`) ran the conv_net at 3,900 images/s against 9,300 without it. Op
-  determinism cost nothing measurable (9,240 against 9,280 images/s). A larger batch (256,
-  512) was no faster. These were measured with 3 epochs of stock `fit` at batch 128.
-- **FER2013.** The copy benchmarked here has every training image blurred: the median
-  variance of the Laplacian is 6 for Training against 2101 for PrivateTest, and the loader
-  now warns of it. Blurring PrivateTest the same way restores the train/test agreement: a
-  linear model on edge features scores 0.35 on held-out training images, 0.23 on PrivateTest
-  as shipped and 0.35 on blurred PrivateTest. A network trained on these images can't read
-  the detail that sharp test faces have. 0.60 needs a sharp training set; with this copy,
-  the figure above is the limit.
-"""
 TARGETS = {
     "overhead": 1.05,
     "e2e": 1.3,
@@ -262,9 +187,7 @@ def feed(task, variant, params, splits, source, steps_per_execution):
     elif source == "pipeline":
         data = {"x": training_batches(splits.x_train, splits.y_train, params["batch_size"], params["seed"])}
     else:
-        batches = tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train)).batch(
-            params["batch_size"]
-        )
+        batches = tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train)).batch(params["batch_size"])
         data = {"x": batches.cache()}  # filled in the first epoch; later ones read tensors in memory
     model.fit(**data, epochs=params["epochs"], callbacks=[clock], verbose=0)
     return {"epoch_seconds": clock.seconds, "flops": training_flops(model)}
@@ -336,8 +259,8 @@ def measure_overhead(data_dir, repeats):
         "plain_fit_s": median(p["fit_seconds"] for p, _ in pairs),
         "pipeline_fit_s": median(q["fit_seconds"] for _, q in pairs),
         "fit_ratio": median(q["fit_seconds"] / p["fit_seconds"] for p, q in pairs),
-        "ratio": median(q / p for p, q in zip(plain, pipeline)),
-        "ratios": [q / p for p, q in zip(plain, pipeline)],
+        "ratio": median(q / p for p, q in zip(plain, pipeline, strict=True)),
+        "ratios": [q / p for p, q in zip(plain, pipeline, strict=True)],
         "train_examples": pairs[0][0]["train_examples"],
     }
 
@@ -375,7 +298,9 @@ def measure_small_models(repeats, full):
     for name, quick_epochs in QUICK_EPOCHS.items():
         params = {} if full or quick_epochs is None else {"epochs": quick_epochs}
         spec = {"task": name, "params": params}
-        pairs = alternate(repeats, lambda: run_probe("plain", spec), lambda: run_probe("pipeline", spec))
+        pairs = alternate(
+            repeats, lambda spec=spec: run_probe("plain", spec), lambda spec=spec: run_probe("pipeline", spec)
+        )
         results[name] = {
             "epochs": params.get("epochs", "default"),
             "plain_s": median(p["seconds"] for p, _ in pairs),
@@ -401,16 +326,14 @@ def measure_throughput(data_dir, repeats):
             runs[name].append(run_probe("feed", spec))
     first = runs["stock"][0]
     # Each run's fastest epoch after the first, which traces the train function.
-    steps_s = {
-        name: [r["steps_per_epoch"] / min(r["epoch_seconds"][1:]) for r in rs] for name, rs in runs.items()
-    }
+    steps_s = {name: [r["steps_per_epoch"] / min(r["epoch_seconds"][1:]) for r in rs] for name, rs in runs.items()}
     images_per_step = first["train_examples"] / first["steps_per_epoch"]
     return {
         "matmul_gflops": matmul_gflops(),
         "flops_per_example": first["flops"],
         **{f"{name}_images_s": median(steps) * images_per_step for name, steps in steps_s.items()},
         **{f"{name}_steps_s": median(steps) for name, steps in steps_s.items()},
-        "input_ratio": median(b / a for a, b in zip(steps_s["in_memory"], steps_s["loader"])),
+        "input_ratio": median(b / a for a, b in zip(steps_s["in_memory"], steps_s["loader"], strict=True)),
     }
 
 
@@ -422,9 +345,7 @@ def measure_memory(data_dir):
     for name in ("mnist_cnn", "emotion_cnn"):
         params = {"epochs": 1, **data_params(name, data_dir)}
         full = run_probe("pipeline", {"task": name, "params": params})
-        small = run_probe(
-            "pipeline", {"task": name, "params": {**params, "max_samples": MEMORY_SMALL_SAMPLES}}
-        )
+        small = run_probe("pipeline", {"task": name, "params": {**params, "max_samples": MEMORY_SMALL_SAMPLES}})
 
         def added(run):
             return run["rss_training_peak_mb"] - run["rss_loaded_mb"]
@@ -454,9 +375,7 @@ def measure_time_to_accuracy(data_dir, name, params):
         "by_epoch": by_epoch,
         "epoch_ends_s": epoch_ends,
         "recall": {
-            k.removeprefix("test_recall_"): v
-            for k, v in result["metrics"].items()
-            if k.startswith("test_recall_")
+            k.removeprefix("test_recall_"): v for k, v in result["metrics"].items() if k.startswith("test_recall_")
         },
     }
 
@@ -479,7 +398,7 @@ def write_report(results):
         "",
     ]
     lines += report_sections(results)
-    REPORT.write_text("\n".join(lines) + "\n")
+    write_results(REPORT, "\n".join(lines))
 
 
 def met(value, target, higher_is_better=False):
@@ -493,8 +412,9 @@ def report_sections(r):
         o = r["overhead"]
         lines.append(
             f"| Training overhead: `mnist_cnn`, {OVERHEAD_EPOCHS} epochs of MNIST ({o['train_examples']} images), "
-            f"plain `fit` and `evaluate` against the whole tracked run | {o['plain_s']:.1f} s | {o['pipeline_s']:.1f} s "
-            f"| {o['ratio']:.3f} | ≤ {TARGETS['overhead']} | {met(o['ratio'], TARGETS['overhead'])} |"
+            f"plain `fit` and `evaluate` against the whole tracked run | {o['plain_s']:.1f} s "
+            f"| {o['pipeline_s']:.1f} s | {o['ratio']:.3f} | ≤ {TARGETS['overhead']} "
+            f"| {met(o['ratio'], TARGETS['overhead'])} |"
         )
         lines.append(
             f"| The same, `fit` alone on each side (ours with autolog and the epoch timer) | {o['plain_fit_s']:.1f} s "
@@ -593,7 +513,7 @@ def report_sections(r):
             "| Test accuracy | " + " | ".join(f"{a:.4f}" for a in by_epoch) + " |",
             "| Seconds | " + " | ".join(f"{s:.0f}" for s in t["epoch_ends_s"]) + " |",
         ]
-    return [*lines, "", LIMITS, HISTORY]
+    return lines
 
 
 def main():

@@ -10,10 +10,8 @@ Results go to benchmarks/sweep_pruning.md.
 """
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from report import machine, write_results  # benchmarks/report.py, beside this script
 
 PROJECT = Path(__file__).resolve().parents[1]
 OUT = PROJECT / "benchmarks" / "out" / "sweep_pruning"
@@ -32,21 +31,6 @@ EPOCHS = 5
 MAX_SAMPLES = 20_000  # a quick sweep: 18,000 training and 2,000 validation images
 MAX_EPOCH_SHARE = 0.60
 MAX_ACCURACY_GAP = 0.002  # 0.2 points
-NOTES = """\
-Notes:
-
-- `median` is the sweep's default pruner with its default settings: 2 startup trials,
-  no warmup epochs. Epochs are counted from the validation values each trial reported,
-  so a pruned trial counts the epochs it trained. Wall times include model logging and
-  are noisy on this shared machine; the targets are on epochs and accuracy. `--reuse`
-  takes the sweeps an earlier invocation finished (with this code) instead of rerunning them.
-- History: the sweep's first defaults were Optuna's 5 startup trials and one warmup
-  epoch; they trained 80% of the unpruned epochs (row 3), short of the 60% target. With 5
-  epochs per trial, the 5 startup trials alone cost a quarter of the budget. Lowering them
-  to 2 and 0 trained 56% and found the same best trial, so those became the defaults.
-- Hyperband (`min_resource=1`, `reduction_factor=3`) has only two brackets when a trial
-  runs 5 epochs, which leaves it little to prune; it suits longer trials.
-"""
 
 
 def run_sweep(config, data, reuse=False):
@@ -59,11 +43,11 @@ def run_sweep(config, data, reuse=False):
     folder.mkdir(parents=True)
     journal = folder / "optuna.journal"
     command = [
-        sys.executable, "-m", "pipelines", "sweep", "--task", "mnist_cnn", "--data", str(data),
-        "--n_trials", str(N_TRIALS), "--epochs", str(EPOCHS), "--max_samples", str(MAX_SAMPLES),
-        "--pruner", pruner, "--storage", str(journal), "--study_name", "bench",
-        "--experiment", "sweep-benchmark", *options,
-    ]  # fmt: skip
+        *(sys.executable, "-m", "pipelines", "sweep", "--task", "mnist_cnn", "--data", str(data)),
+        *("--n_trials", str(N_TRIALS), "--epochs", str(EPOCHS), "--max_samples", str(MAX_SAMPLES)),
+        *("--pruner", pruner, "--storage", str(journal), "--study_name", "bench", "--experiment", "sweep-benchmark"),
+        *options,
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     start = time.perf_counter()
@@ -94,29 +78,32 @@ def write_report(results, command):
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        + ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("tensorflow", "keras", "mlflow", "optuna")),
+        machine(),
         "",
         f"Each sweep: {N_TRIALS} trials of {EPOCHS} epochs at most, on {MAX_SAMPLES:,} training images "
         "(10% held out to validate), TPE sampler with seed 42, one worker. Targets: at most "
         f"{MAX_EPOCH_SHARE:.0%} of the unpruned sweep's epochs, best validation accuracy within "
         f"{MAX_ACCURACY_GAP * 100:.1f} points of it.",
         "",
-        "| Pruner | Trials pruned | Epochs trained | Share of unpruned | Best val_accuracy | Gap (points) | Wall time | Targets met |",
+        "| Pruner | Trials pruned | Epochs trained | Share of unpruned | Best val_accuracy | Gap (points) "
+        "| Wall time | Targets met |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for result in results.values():
         share = result["epochs"] / baseline["epochs"]
         gap = (baseline["best"] - result["best"]) * 100
-        met = "" if result is baseline else ("yes" if share <= MAX_EPOCH_SHARE and gap <= MAX_ACCURACY_GAP * 100 else "**no**")
+        met = (
+            ""
+            if result is baseline
+            else ("yes" if share <= MAX_EPOCH_SHARE and gap <= MAX_ACCURACY_GAP * 100 else "**no**")
+        )
         lines.append(
             f"| {result['pruner']} | {result['pruned']} | {result['epochs']} | {share:.0%} | {result['best']:.4f} "
             f"| {gap:+.2f} | {result['seconds'] / 60:.1f} min | {met} |"
         )
     lines += ["", "Best parameters:", ""]
     lines += [f"- {result['pruner']}: `{result['best_params']}`" for result in results.values()]
-    lines += ["", NOTES]
-    RESULTS.write_text("\n".join(lines) + "\n")
+    write_results(RESULTS, "\n".join(lines))
 
 
 def main():

@@ -23,12 +23,16 @@ def resolve():
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "report.json"
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-             "--report", str(report), str(PROJECT)],
+            [
+                *(sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"),
+                *("--report", str(report), str(PROJECT)),
+            ],
             check=True,
         )
         installs = json.loads(report.read_text())["install"]
-    return {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installs if not item.get("is_direct")}
+    return {
+        item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installs if not item.get("is_direct")
+    }
 
 
 def main():

@@ -1,18 +1,16 @@
-"""The tasks. Each module here defines one `TASK`; adding a task means adding one module."""
+"""The tasks: every module here that defines `TASK` is one; adding a task means adding one module."""
 
 import importlib
 import pkgutil
 
-from experiments.task import InputError, Splits, Task, Variant
-
-_SUPPORT_MODULES = {"task", "datafiles"}
+from experiments.task import InputError, Param, RunFailed, Splits, Task, Variant
 
 
 def _discover():
     tasks = {}
     for module in pkgutil.iter_modules(__path__):
-        if module.name not in _SUPPORT_MODULES:
-            task = importlib.import_module(f"{__name__}.{module.name}").TASK
+        task = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TASK", None)
+        if isinstance(task, Task):
             tasks[task.name] = task
     return tasks
 
@@ -26,9 +24,7 @@ def resolve(name, variant=""):
         task = TASKS[name]
         variant = variant or task.default_variant
         if variant not in task.variants:
-            raise InputError(
-                f"variant: unknown variant '{variant}' of task {name} (known: {', '.join(task.variants)})"
-            )
+            raise InputError(f"variant: unknown variant '{variant}' of task {name} (known: {', '.join(task.variants)})")
         return task, variant
     points = entry_points()
     if name not in points or variant:
@@ -39,11 +35,7 @@ def resolve(name, variant=""):
 
 def entry_points():
     """Every (task, variant) by its entry-point name: xor, mnist_cnn, mnist_cnn_bn, ..."""
-    return {
-        task.qualified_name(variant): (task, variant)
-        for task in TASKS.values()
-        for variant in task.variants
-    }
+    return {task.qualified_name(variant): (task, variant) for task in TASKS.values() for variant in task.variants}
 
 
-__all__ = ["TASKS", "InputError", "Splits", "Task", "Variant", "entry_points", "resolve"]
+__all__ = ["TASKS", "InputError", "Param", "RunFailed", "Splits", "Task", "Variant", "entry_points", "resolve"]

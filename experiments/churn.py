@@ -8,7 +8,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from experiments.datafiles import PROJECT_DATA, existing_path, numeric_columns, read_csv
-from experiments.task import InputError, Splits, Task, Variant
+from experiments.task import InputError, Param, Splits, Task, Variant
 
 NUMERIC_FEATURES = [
     "CreditScore",
@@ -78,8 +78,11 @@ TASK = Task(
     variants={
         "mlp": Variant(
             build=mlp,
-            defaults={"units": 6, "dropout": 0.0},
             description="11-6-6-1 MLP on the preprocessed customer table",
+            knobs={
+                "units": Param(int, 6, "units in each of the two hidden layers", ge=1),
+                "dropout": Param(float, 0.0, "dropout rate after each hidden layer", ge=0, lt=1),
+            },
             search_space={
                 "learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
                 "units": IntDistribution(4, 64, log=True),

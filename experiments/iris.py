@@ -6,7 +6,7 @@ from sklearn.datasets import load_iris
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from experiments.task import Splits, Task, Variant
+from experiments.task import Param, Splits, Task, Variant
 
 TEST_FRACTION = 0.2
 
@@ -45,8 +45,8 @@ TASK = Task(
     variants={
         "mlp": Variant(
             build=mlp,
-            defaults={"units": 10},
             description="4-10-10-3 MLP, sparse categorical cross-entropy",
+            knobs={"units": Param(int, 10, "units in each of the two hidden layers", ge=1)},
             search_space={
                 "learning_rate": FloatDistribution(1e-3, 1e-1, log=True),
                 "units": IntDistribution(4, 64, log=True),

@@ -21,9 +21,7 @@ def load_line(data_path, seed):
 
 
 def linear_unit(input_shape, num_outputs):
-    return keras.Sequential(
-        [keras.Input(shape=input_shape), keras.layers.Dense(num_outputs)], name="linear_unit"
-    )
+    return keras.Sequential([keras.Input(shape=input_shape), keras.layers.Dense(num_outputs)], name="linear_unit")
 
 
 def learned_line(model, splits):
@@ -38,7 +36,6 @@ TASK = Task(
     variants={
         "unit": Variant(
             build=linear_unit,
-            defaults={},
             description="one Dense(1) linear unit fitted to 2x + 1",
             search_space={
                 "learning_rate": FloatDistribution(1e-3, 1e-1, log=True),

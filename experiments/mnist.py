@@ -12,7 +12,7 @@ import numpy as np
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from experiments.datafiles import PROJECT_DATA, existing_path
-from experiments.task import InputError, Splits, Task, Variant
+from experiments.task import InputError, Param, Splits, Task, Variant
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
@@ -179,11 +179,31 @@ def inverted_test_accuracy(model, splits):
 MLP_TRAINING = {"epochs": 15, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.001}
 # Cosine decay gets the tutorial's conv_net past 99% in 12 epochs, where a constant rate needs far more.
 CNN_TRAINING = {"epochs": 12, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "lr_schedule": "cosine"}
-CONV_NET = {"filters": 32, "units": 64, "dropout": 0.0, "shift": 0.0}
 # The tutorial's conv_net to 99.3% in under a minute of training on 2 cores, where the
 # tutorial's 60 epochs take 11 minutes: light shifts let a higher rate decay over 8 epochs
 # without overfitting (benchmarks/performance.md has the curve).
 CONV_NET_FAST = {"epochs": 8, "learning_rate": 0.004, "shift": 0.1}
+
+# The builders' knobs: what `-P name=value` sets and a sweep may tune.
+MLP_KNOBS = {
+    "units": Param(int, 512, "units in each hidden layer", ge=1),
+    "hidden_layers": Param(int, 1, "hidden dense layers", ge=1),
+    "dropout": Param(float, 0.0, "dropout rate after each hidden layer", ge=0, lt=1),
+}
+CONV_NET_KNOBS = {
+    "filters": Param(int, 32, "filters in the first convolution; the two later ones have twice as many", ge=1),
+    "units": Param(int, 64, "units in the dense layer", ge=1),
+    "dropout": Param(float, 0.0, "dropout rate before the classifier", ge=0, lt=1),
+    "shift": Param(float, 0.0, "random shift of training images, as a fraction of their size", ge=0, lt=0.5),
+}
+CONV_DROPOUT = Param(float, 0.25, "dropout rate after each pooling", ge=0, lt=1)
+L1 = Param(float, 1e-5, "L1 kernel regularization strength", ge=0)
+L2 = Param(float, 1e-4, "L2 kernel regularization strength", ge=0)
+WORKSHOP_KNOBS = {
+    "filters": Param(int, 16, "filters in the first convolution; the second has twice as many", ge=1),
+    "units": Param(int, 128, "units in the dense layer", ge=1),
+    "dropout": Param(float, 0.4, "dropout rate before the classifier", ge=0, lt=1),
+}
 
 # What sweeps tune; a sweep's search_space file can narrow or override any of it.
 MLP_SPACE = {
@@ -205,26 +225,31 @@ TASK = Task(
     variants={
         "mlp": Variant(
             build=mlp,
-            defaults={**MLP_TRAINING, "units": 512, "hidden_layers": 1, "dropout": 0.0},
             description="one hidden layer of 512 relu units",
+            knobs=MLP_KNOBS,
+            defaults=MLP_TRAINING,
             search_space=MLP_SPACE,
             reference="98.31%",
         ),
         "mlp_deep": Variant(
             build=mlp,
-            defaults={**MLP_TRAINING, "units": 512, "hidden_layers": 2, "dropout": 0.0},
             description="two hidden layers of 512",
+            knobs=MLP_KNOBS,
+            defaults={**MLP_TRAINING, "hidden_layers": 2},
             search_space=MLP_SPACE,
             reference="98.59% (two-layer MLP)",
         ),
         "mlp_dropout": Variant(
             build=mlp,
-            defaults={**MLP_TRAINING, "units": 512, "hidden_layers": 2, "dropout": 0.5},
             description="512-512 with dropout 0.5",
+            knobs=MLP_KNOBS,
+            defaults={**MLP_TRAINING, "hidden_layers": 2, "dropout": 0.5},
             search_space=MLP_SPACE,
         ),
         "mlp_sgd": Variant(
             build=mlp,
+            description="784-32-10 trained with plain SGD, batch 500",
+            knobs=MLP_KNOBS,
             defaults={
                 "epochs": 30,
                 "batch_size": 500,
@@ -232,49 +257,56 @@ TASK = Task(
                 "learning_rate": 0.1,
                 "validation_fraction": 0.1,
                 "units": 32,
-                "hidden_layers": 1,
-                "dropout": 0.0,
             },
-            description="784-32-10 trained with plain SGD, batch 500",
             search_space={**MLP_SPACE, "learning_rate": FloatDistribution(1e-3, 1.0, log=True)},
         ),
         "cnn": Variant(
             build=conv_net,
-            defaults={**CNN_TRAINING, **CONV_NET, **CONV_NET_FAST},
             description="conv32-pool-conv64-pool-conv64-dense64-softmax10",
+            knobs=CONV_NET_KNOBS,
+            defaults={**CNN_TRAINING, **CONV_NET_FAST},
             search_space=CNN_SPACE,
             reference="99.34% after 60 epochs",
         ),
         "cnn_l1": Variant(
             build=conv_net,
-            defaults={**CNN_TRAINING, **CONV_NET, "l1": 1e-5},
             description="conv_net with an L1 kernel regularizer",
+            knobs={**CONV_NET_KNOBS, "l1": L1},
+            defaults=CNN_TRAINING,
             search_space={**CNN_SPACE, "l1": FloatDistribution(1e-7, 1e-3, log=True)},
         ),
         "cnn_l2": Variant(
             build=conv_net,
-            defaults={**CNN_TRAINING, **CONV_NET, "l2": 1e-4},
             description="conv_net with an L2 kernel regularizer",
+            knobs={**CONV_NET_KNOBS, "l2": L2},
+            defaults=CNN_TRAINING,
             search_space={**CNN_SPACE, "l2": FloatDistribution(1e-6, 1e-2, log=True)},
         ),
         "cnn_bn": Variant(
             build=functools.partial(conv_net, batch_norm=True),
-            # Beyond the tutorial: batch norm, shifts and 20 epochs, aiming at 99.5% (benchmarks/performance.md).
-            defaults={**CNN_TRAINING, **CONV_NET, **CONV_NET_FAST, "epochs": 20},
             description="conv_net with batch normalization after every convolution, trained on shifted images",
+            knobs=CONV_NET_KNOBS,
+            # Beyond the tutorial: batch norm, shifts and 20 epochs, aiming at 99.5% (benchmarks/performance.md).
+            defaults={**CNN_TRAINING, **CONV_NET_FAST, "epochs": 20},
             search_space=CNN_SPACE,
         ),
         "cnn_dropout": Variant(
             build=conv_net,
-            defaults={**CNN_TRAINING, **CONV_NET, "conv_dropout": 0.25, "dropout": 0.5},
             description="conv_net with dropout after each pooling and before the classifier",
+            knobs={**CONV_NET_KNOBS, "conv_dropout": CONV_DROPOUT},
+            defaults={**CNN_TRAINING, "dropout": 0.5},
             search_space={**CNN_SPACE, "conv_dropout": FloatDistribution(0.0, 0.5)},
         ),
         "cnn_augment": Variant(
             build=workshop_cnn,
-            defaults={**CNN_TRAINING, "filters": 16, "units": 128, "dropout": 0.4},
             description="workshop CNN trained on the images plus colour-inverted copies",
-            search_space={**CNN_SPACE, "filters": IntDistribution(8, 32, step=8), "units": IntDistribution(64, 512, log=True)},
+            knobs=WORKSHOP_KNOBS,
+            defaults=CNN_TRAINING,
+            search_space={
+                **CNN_SPACE,
+                "filters": IntDistribution(8, 32, step=8),
+                "units": IntDistribution(64, 512, log=True),
+            },
             prepare_train=add_inverted_copies,
             extra_metrics=inverted_test_accuracy,
         ),

@@ -1,18 +1,112 @@
-"""The shape every task file fills in: its data, its model variants and their defaults."""
+"""The shape every task file fills in: its data, its model variants, their knobs and defaults."""
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from optuna.distributions import BaseDistribution
 
 Kind = Literal["binary", "multiclass", "regression"]
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
+TYPE_WORDS = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
 
 
 class InputError(Exception):
-    """Bad user input: a parameter value or a data file. The message names which."""
+    """Bad user input: a parameter value or a data file. The message names which (exit code 2)."""
+
+
+class RunFailed(Exception):
+    """A run that failed for a reason other than its input: a diverged training, a failed step (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter or command setting, declared once: type, default, valid values, one line of help.
+
+    Bounds are inclusive (`ge`, `le`) or exclusive (`gt`, `lt`). `choices` lists the valid
+    values; `pattern` is a regular expression that the whole text must match.
+    """
+
+    type: type
+    default: object
+    help: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None
+    pattern: str | None = None
+
+    @property
+    def rule(self) -> str:
+        """The valid values in words: 'an integer >= 1', 'a number in [0, 1)', 'one of adam, sgd'."""
+        if self.choices:
+            return f"one of {', '.join(map(str, self.choices))}"
+        if self.pattern:
+            return f"text matching {self.pattern}"
+        low = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
+        high = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
+        words = TYPE_WORDS[self.type]
+        if low and high:
+            return f"{words} in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+        if low:
+            return f"{words} {'>=' if low[0] == '[' else '>'} {low[1]:g}"
+        if high:
+            return f"{words} {'<=' if high[0] == ']' else '<'} {high[1]:g}"
+        return words
+
+    def valid(self, value) -> bool:
+        if self.choices and value not in self.choices:
+            return False
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            return False
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def parse(self, name, raw):
+        """`raw` (a value or its text) as this parameter's type, refused in one line that names `name`."""
+        text = str(raw).strip()
+        try:
+            value = _convert(self.type, raw, text)
+        except ValueError:
+            kind = "a finite number" if self.type is float else TYPE_WORDS[self.type]
+            raise InputError(f"{name}: '{_one_line(raw)}' is not {kind}") from None
+        if not self.valid(value):
+            raise InputError(f"{name}: {_one_line(value)} is out of range; it must be {self.rule}")
+        return value
+
+
+def _one_line(value):
+    """The value as it may appear in a one-line message: control characters escaped."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode()
+
+
+def _convert(kind, raw, text):
+    if kind is bool:
+        if isinstance(raw, bool) or text.lower() in TRUE_WORDS + FALSE_WORDS:
+            return raw if isinstance(raw, bool) else text.lower() in TRUE_WORDS
+        raise ValueError
+    if kind is int:
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError
+        return int(number)
+    if kind is float:
+        number = float(text)
+        if not math.isfinite(number):
+            raise ValueError
+        return number
+    return text
 
 
 @dataclass(frozen=True)
@@ -35,17 +129,18 @@ class Splits:
 
 @dataclass(frozen=True)
 class Variant:
-    """One model of a task: its builder, its defaults and optional data/metric hooks.
+    """One model of a task: its builder, its knobs, its defaults and optional data/metric hooks.
 
-    `build(input_shape, num_outputs, **model_params)` returns an uncompiled model.
-    `defaults` holds the variant's training defaults and every model parameter the
-    builder takes; a key that is not a training parameter is passed to `build`.
-    `search_space` maps parameter names to Optuna distributions: what a sweep tunes.
+    `build(input_shape, num_outputs, **knobs)` returns an uncompiled model; `knobs` declares
+    each keyword it takes. `defaults` overrides the default of a training parameter or a knob
+    for this variant. `search_space` maps parameter names to Optuna distributions: what a
+    sweep tunes.
     """
 
     build: Callable
-    defaults: dict
     description: str
+    knobs: dict[str, Param] = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
     search_space: dict[str, BaseDistribution] = field(default_factory=dict)
     reference: str = ""  # the tutorial result this variant reproduces
     prepare_train: Callable[[Splits], Splits] | None = None  # e.g. add augmented copies
@@ -61,8 +156,8 @@ class Task:
     load: Callable  # (data_path: Path | None, seed: int) -> Splits; None: the usual place
     variants: dict[str, Variant]
     default_variant: str
-    defaults: dict = field(default_factory=dict)
-    data_help: str = ""  # where the data comes from and how to point to it
+    defaults: dict = field(default_factory=dict)  # training defaults of every variant
+    data_help: str = ""  # where the data comes from; a task that reads files says, and takes `data`
     short_entry_point: bool = False  # True: the default variant's entry point is the bare task name
 
     @property

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from experiments.task import Splits, Task, Variant
+from experiments.task import Param, Splits, Task, Variant
 
 XOR_INPUTS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype="float32")
 XOR_TARGETS = np.array([0, 1, 1, 0], dtype="float32")
@@ -34,8 +34,8 @@ TASK = Task(
     variants={
         "mlp": Variant(
             build=mlp,
-            defaults={"units": 8},
             description="2-8-4-1 MLP (relu, relu, sigmoid)",
+            knobs={"units": Param(int, 8, "units in the first hidden layer; the second has half as many", ge=2)},
             search_space={
                 "learning_rate": FloatDistribution(1e-3, 1e-1, log=True),
                 "units": IntDistribution(4, 32, log=True),

@@ -1,4 +1,4 @@
-"""The shared training pipeline and the entry-point code behind MLproject."""
+"""The training pipeline (`train.py`) and the commands built on it: `python -m pipelines --help`."""
 
 import os
 

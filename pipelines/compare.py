@@ -11,35 +11,50 @@ a `compare-...` run (HTML, PNG and CSV under `comparison/`) and written to a loc
 
 import base64
 import fnmatch
-import html
 import io
+import re
 import time
 from pathlib import Path
 
+import jinja2
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import mlflow
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from mlflow.exceptions import MlflowException
 
-from experiments import InputError
+from experiments import TASKS, InputError, Param
 from pipelines import reporting, tracking
-from pipelines.params import NAME_RULE, Param, is_name
+from pipelines.params import MAIN_ENTRY_POINT, NAME_PATTERN, TRAINING_PARAMS
 from pipelines.registry import CHAMPION, test_digest
 
-KEY_PARAMS = ("epochs", "batch_size", "optimizer", "learning_rate", "lr_schedule",
-              "units", "hidden_layers", "filters", "dropout", "conv_dropout", "l1", "l2", "shift")  # fmt: skip
+# The params shown for each version: the training recipe, then every knob any task declares.
+KEY_PARAMS = tuple(
+    dict.fromkeys(
+        [name for name in TRAINING_PARAMS if name != "data"]
+        + [knob for task in TASKS.values() for variant in task.variants.values() for knob in variant.knobs]
+    )
+)
 CURVES = ("val_accuracy", "val_loss", "accuracy", "loss")  # the first two a run has are drawn
 LATENCY_REPEATS = 20
 THROUGHPUT_BATCH = 256
 REPORT_DIR = Path("reports")
 LINEAGE_COLUMNS = ("run_id", "study", "test_dataset_digest", "git_commit")
-COMPARE_PARAMS = {
-    "model": Param(str, lambda v: True, "model specs", "name, name/3, name@champion, 'mnist_cnn*@champion'; comma-separated"),
-    "output": Param(str, lambda v: True, "a path", "the local HTML report (default: reports/compare-<model>.html)"),
+SETTINGS = {
+    "model": Param(
+        str, MAIN_ENTRY_POINT, "comma-separated name (every version), name/3, name@champion, 'mnist_cnn*@champion'"
+    ),
+    "output": Param(str, "", "the local HTML report; empty: reports/compare-<model>.html"),
+    "experiment": Param(
+        str,
+        "",
+        "the MLflow experiment of the comparison run; empty: $MLFLOW_EXPERIMENT_NAME (or _ID), else comparisons",
+    ),
 }
-COMPARE_DEFAULTS = {"model": "", "output": ""}
+DEFAULT_EXPERIMENT = "comparisons"
+REPORT = jinja2.Environment(loader=jinja2.PackageLoader("pipelines"), autoescape=True)
+REPORT.filters["b64encode"] = lambda data: base64.b64encode(data).decode()
 
 
 # --- which versions ---------------------------------------------------------------------
@@ -47,6 +62,8 @@ COMPARE_DEFAULTS = {"model": "", "output": ""}
 
 def resolve_versions(spec):
     """The model versions `spec` names, in the order given, each once."""
+    if not spec.strip():
+        raise InputError("model: give a registered model, e.g. --model mnist_cnn or --model 'mnist_cnn*@champion'")
     client = mlflow.MlflowClient()
     versions = {}
     for part in (p.strip() for p in spec.split(",")):
@@ -54,14 +71,18 @@ def resolve_versions(spec):
             continue
         name, _, alias = part.partition("@")
         name, _, number = name.partition("/")
-        if not is_name(name.replace("*", "")) or not is_name(alias) or not (number.isdigit() or not number):
-            raise InputError(f"model: '{part}' is not name, name/version or name@alias ({NAME_RULE}, '*' in names)")
+        if not (_is_name(name.replace("*", "")) and _is_name(alias) and (number.isdigit() or not number)):
+            raise InputError(f"model: '{part}' is not name, name/version or name@alias ({NAME_PATTERN}, '*' in names)")
         for model_name in _model_names(client, name, part):
             for version in _versions(client, model_name, alias, number, part):
                 versions[(version.name, int(version.version))] = version
     if not versions:
         raise InputError(f"model: '{spec}' names no model version")
     return list(versions.values())
+
+
+def _is_name(text):
+    return re.fullmatch(NAME_PATTERN, text) is not None
 
 
 def _model_names(client, pattern, part):
@@ -152,10 +173,10 @@ def inference_speed(model_uri):
 
 def learning_curves_figure(client, versions, labels):
     """Each version's per-epoch curves overlaid: validation accuracy (or loss) and training loss."""
-    histories = {label: _history(client, v.run_id) for label, v in zip(labels, versions)}
+    histories = {label: _history(client, v.run_id) for label, v in zip(labels, versions, strict=True)}
     names = [n for n in CURVES if any(n in h for h in histories.values())][:2]
     figure, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4), squeeze=False)
-    for axis, name in zip(axes[0], names):
+    for axis, name in zip(axes[0], names, strict=True):
         for label, history in histories.items():
             if name in history:
                 axis.plot(np.arange(1, len(history[name]) + 1), history[name], label=label, marker=".")
@@ -179,15 +200,15 @@ def _history(client, run_id):
 def confusion_figure(versions, labels):
     """The versions' test confusion matrices side by side, or None for regression."""
     matrices = {}
-    for label, version in zip(labels, versions):
+    for label, version in zip(labels, versions, strict=True):
         try:
             matrices[label] = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/evaluation/confusion_matrix.json")
-        except Exception:  # noqa: BLE001 - regression runs have none
+        except Exception:
             continue
     if not matrices:
         return None
     figure, axes = plt.subplots(1, len(matrices), figsize=(4.5 * len(matrices), 4.8), squeeze=False)
-    for axis, (label, data) in zip(axes[0], matrices.items()):
+    for axis, (label, data) in zip(axes[0], matrices.items(), strict=True):
         reporting.draw_confusion(axis, data["matrix"], data["labels"], label)
     figure.tight_layout()
     return figure
@@ -197,19 +218,9 @@ def confusion_figure(versions, labels):
 
 
 def render_html(title, table, figures):
-    """A self-contained page: the table, then each figure as an embedded PNG."""
-    images = []
-    for name, png in figures.items():
-        encoded = base64.b64encode(png).decode()
-        images.append(f'<h2>{html.escape(name.replace("_", " "))}</h2><img alt="{name}" src="data:image/png;base64,{encoded}">')
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1><div style='overflow-x:auto'>"
-        f"{table.to_html(index=False, na_rep='', float_format=_number)}</div>"
-        f"{''.join(images)}</body></html>"
-    )
+    """A self-contained page: the table, then each figure ({name: PNG bytes}) embedded."""
+    table_html = table.to_html(index=False, na_rep="", float_format=_number)  # pandas escapes the cells
+    return REPORT.get_template("compare_report.html").render(title=title, table=table_html, figures=figures)
 
 
 def _number(value):
@@ -240,8 +251,8 @@ def run_comparison(spec, output="", experiment=""):
         path.write_text(page)
     except OSError as error:
         raise InputError(f"output: cannot write {path}: {error.strerror or error}") from None
-    tracking.use_experiment(experiment, "comparisons")
-    with tracking.training_run(run_name=f"compare-{_slug(spec)}", tags={"step": "compare", "compared": spec}) as run:
+    tracking.use_experiment(experiment, DEFAULT_EXPERIMENT)
+    with tracking.mlflow_run(run_name=f"compare-{_slug(spec)}", tags={"step": "compare", "compared": spec}) as run:
         mlflow.log_param("models", spec)
         mlflow.log_text(page, "comparison/report.html")
         mlflow.log_text(table.to_csv(index=False), "comparison/table.csv")

@@ -1,145 +1,97 @@
-"""Every parameter a task can take: its type, its valid range, and each variant's defaults.
+"""The training parameters every entry point takes, and an entry point's full, checked recipe.
 
 MLflow passes `-P` values to the entry point unchecked (it validates only `path` and
 `uri`), so every value is parsed and range-checked here before any run work starts.
+A task's model knobs are declared beside its variants (`experiments/<task>.py`).
 """
 
-import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import replace
 
-from experiments import InputError
+from experiments import InputError, Param
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
-
-
-@dataclass(frozen=True)
-class Param:
-    type: type
-    valid: Callable[[object], bool]
-    rule: str  # the valid range, in words
-    help: str
-
-
-def _at_least(low):
-    return lambda value: value >= low
-
-
-def _fraction(value):
-    return 0 <= value < 1
-
-
-def _half(value):
-    return 0 <= value < 0.5
-
-
-def is_name(value):
-    """A study or model name: safe in file names and in MLflow search filters."""
-    return len(value) <= 100 and all(c.isalnum() or c in "_.-" for c in value)
-
-
-NAME_RULE = "letters, digits, '_', '.' and '-'"
-
+NAME_PATTERN = r"[A-Za-z0-9_.-]{0,100}"  # study and model names: safe in file names and search filters
+MAIN_ENTRY_POINT = "mnist_cnn"
 
 TRAINING_PARAMS = {
-    "epochs": Param(int, _at_least(1), "an integer >= 1", "passes over the training data"),
-    "batch_size": Param(int, _at_least(1), "an integer >= 1", "examples per gradient step"),
-    "learning_rate": Param(float, lambda value: value > 0, "a number > 0", "the optimizer's step size"),
-    "optimizer": Param(str, lambda value: value in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}", "the optimizer"),
+    "epochs": Param(int, 10, "passes over the training data", ge=1),
+    "batch_size": Param(int, 32, "examples per gradient step", ge=1),
+    "learning_rate": Param(float, 0.001, "the optimizer's step size", gt=0),
+    "optimizer": Param(str, "adam", "the optimizer", choices=OPTIMIZERS),
     "lr_schedule": Param(
-        str,
-        lambda value: value in LR_SCHEDULES,
-        f"one of {', '.join(LR_SCHEDULES)}",
-        "constant, or cosine decay from learning_rate to 0 over all epochs",
+        str, "constant", "constant, or cosine decay from learning_rate to 0 over all epochs", choices=LR_SCHEDULES
     ),
-    "seed": Param(int, _at_least(0), "an integer >= 0", "seeds Python, NumPy, Keras and the data splits"),
-    "max_samples": Param(int, _at_least(0), "an integer >= 0", "train on this many examples; 0 uses all"),
-    "validation_fraction": Param(
-        float, _fraction, "a number in [0, 1)", "share of the training data held out to validate"
-    ),
-    "data": Param(str, lambda value: True, "a path", "the data file or folder; empty for the usual place"),
+    "seed": Param(int, 42, "seeds Python, NumPy, Keras and the data splits", ge=0),
+    "max_samples": Param(int, 0, "train on this many examples; 0 uses all", ge=0),
+    "validation_fraction": Param(float, 0.1, "share of the training data held out to validate", ge=0, lt=1),
+    "data": Param(str, "", "the data file or folder; empty: the task's usual place"),
 }
-MODEL_PARAMS = {
-    "units": Param(int, _at_least(1), "an integer >= 1", "width of the dense layers"),
-    "hidden_layers": Param(int, _at_least(1), "an integer >= 1", "number of hidden dense layers"),
-    "filters": Param(int, _at_least(1), "an integer >= 1", "filters in the first convolution"),
-    "dropout": Param(float, _fraction, "a number in [0, 1)", "dropout rate before the dense layers"),
-    "conv_dropout": Param(float, _fraction, "a number in [0, 1)", "dropout rate after each pooling"),
-    "l1": Param(float, _at_least(0), "a number >= 0", "L1 kernel regularization strength"),
-    "l2": Param(float, _at_least(0), "a number >= 0", "L2 kernel regularization strength"),
-    "shift": Param(
-        float, _half, "a number in [0, 0.5)", "random shift of training images, as a fraction of their size"
-    ),
+# Settings of the commands that run an entry point: train, sweep, promote, workflow.
+ENTRY_POINT_SETTINGS = {
+    "task": Param(str, MAIN_ENTRY_POINT, "a task (mnist) or an entry point (mnist_cnn_bn)"),
+    "variant": Param(str, "", "the task's variant; empty: the entry point's, or the task's default"),
 }
-PARAMS = {**TRAINING_PARAMS, **MODEL_PARAMS}
-
-COMMON_DEFAULTS = {
-    "optimizer": "adam",
-    "learning_rate": 0.001,
-    "lr_schedule": "constant",
-    "seed": 42,
-    "max_samples": 0,
-    "validation_fraction": 0.1,
-}
+EXPERIMENT = Param(str, "", "the MLflow experiment; empty: $MLFLOW_EXPERIMENT_NAME (or _ID), else the task's name")
+DRY_RUN = Param(bool, False, "print the merged recipe as YAML and exit without starting a run")
+# Where an entry point's defaults come from, weakest first; the user's values override all.
+DEFAULT_SOURCES = ("common", "task", "variant")
 
 
-def defaults_for(task, variant):
-    """The variant's full parameter set: common < task < variant defaults."""
-    defaults = {**COMMON_DEFAULTS, **task.defaults, **task.variants[variant].defaults}
-    if task.data_help:
-        defaults["data"] = ""
-    unknown = set(defaults) - set(PARAMS)
-    assert not unknown, f"{task.name}/{variant} declares undeclared parameters {unknown}"
-    return {name: defaults[name] for name in PARAMS if name in defaults}
-
-
-def parse_params(task, variant, overrides):
-    """The defaults with `overrides` ({name: value or its text}) parsed and checked."""
-    params = defaults_for(task, variant)
-    for name, raw in overrides.items():
-        if name not in params:
-            raise InputError(
-                f"{name}: not a parameter of {task.qualified_name(variant)} "
-                f"(its parameters: {', '.join(sorted(params))})"
-            )
-        params[name] = parse_value(name, raw)
+def declared_params(task, variant):
+    """{name: Param} of the entry point: training parameters, then the variant's knobs, each
+    with the default that applies to it (common < task < variant)."""
+    knobs = task.variants[variant].knobs
+    params = {**TRAINING_PARAMS, **knobs}
+    if not task.data_help:  # the task reads no files
+        del params["data"]
+    for source, defaults in default_layers(task, variant)[1:]:
+        unknown = set(defaults) - set(params)
+        assert not unknown, f"{task.qualified_name(variant)}: {source} defaults for undeclared parameters {unknown}"
+        for name, value in defaults.items():
+            params[name] = replace(params[name], default=value)
     return params
 
 
-def parse_value(name, raw, specs=PARAMS):
-    spec = specs[name]
-    text = str(raw).strip()
-    try:
-        if spec.type is int:
-            number = float(text)
-            if not number.is_integer():
-                raise ValueError
-            value = int(number)
-        elif spec.type is float:
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError
-        else:
-            value = text
-    except ValueError:
-        kind = "an integer" if spec.type is int else "a finite number"
-        raise InputError(f"{name}: '{raw}' is not {kind}") from None
-    if not spec.valid(value):
-        raise InputError(f"{name}: {value} is out of range; it must be {spec.rule}")
-    return value
+def default_layers(task, variant):
+    """[(source, {name: default})], weakest first: the common defaults, the task's, the variant's."""
+    chosen = task.variants[variant]
+    common = {name: param.default for name, param in TRAINING_PARAMS.items()}
+    knobs = {name: param.default for name, param in chosen.knobs.items()}
+    return list(zip(DEFAULT_SOURCES, (common, task.defaults, {**knobs, **chosen.defaults}), strict=True))
 
 
-def parse_settings(raw, defaults, specs):
-    """A command's settings: `defaults` with `raw` ({name: text}) parsed and range-checked."""
-    settings = dict(defaults)
-    for name, value in raw.items():
-        if name not in specs:
-            raise InputError(f"{name}: not a setting of this command (its settings: {', '.join(specs)})")
-        settings[name] = parse_value(name, value, specs)
-    return settings
+def parse_params(task, variant, overrides):
+    """The entry point's defaults with `overrides` ({name: value or its text}) parsed and checked."""
+    declared = declared_params(task, variant)
+    params = {name: param.default for name, param in declared.items()}
+    for name, raw in overrides.items():
+        if name not in declared:
+            raise InputError(
+                f"{name}: not a parameter of {task.qualified_name(variant)} "
+                f"(its parameters: {', '.join(sorted(declared))})"
+            )
+        params[name] = declared[name].parse(name, raw)
+    return params
 
 
-def model_params(params):
-    """The parameters the model builder takes."""
-    return {name: value for name, value in params.items() if name in MODEL_PARAMS}
+def recipe(task, variant, overrides):
+    """The merged recipe of a run, as `--dry_run` prints it: every parameter's value and where it came from."""
+    params = parse_params(task, variant, overrides)
+    source = {name: layer for layer, defaults in default_layers(task, variant) for name in defaults if name in params}
+    source |= {name: "command line" for name in overrides}
+    chosen = task.variants[variant]
+    return {
+        "entry_point": task.qualified_name(variant),
+        "task": task.name,
+        "variant": variant,
+        "model": chosen.description,
+        "params": params,
+        "set_by": {layer: [n for n in params if source[n] == layer] for layer in (*DEFAULT_SOURCES, "command line")},
+        "search_space": sorted(chosen.search_space),
+    }
+
+
+def knob_values(task, variant, params):
+    """The parameters the variant's model builder takes."""
+    return {name: params[name] for name in task.variants[variant].knobs}

@@ -9,28 +9,28 @@ are serialized by a lock, so that racing promotions lose no version and never le
 worse champion behind.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
-from experiments import InputError, resolve
+from experiments import InputError, Param, resolve
 from pipelines import tracking
-from pipelines.params import NAME_RULE, Param, is_name
+from pipelines.params import ENTRY_POINT_SETTINGS, NAME_PATTERN
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-PROMOTE_PARAMS = {
-    "run_id": Param(str, lambda v: v == "" or v.isalnum(), "a run id", "promote this run; empty: the best run"),
-    "study": Param(str, is_name, NAME_RULE, "promote the best trial of this sweep"),
-    "margin": Param(float, lambda v: v >= 0, "a number >= 0", "how much better than the champion a run must be"),
+SETTINGS = {
+    **ENTRY_POINT_SETTINGS,
+    "experiment": Param(str, "", "search only this MLflow experiment and log the promote run there; empty: search all"),
+    "run_id": Param(str, "", "promote this run; empty: the best run", pattern="[0-9a-zA-Z]*"),
+    "study": Param(str, "", "promote the best trial of this sweep; empty: the best run of any", pattern=NAME_PATTERN),
+    "margin": Param(float, 0.0, "how much better than the champion a run must be", ge=0),
 }
-PROMOTE_DEFAULTS = {"run_id": "", "study": "", "margin": 0.0}
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,9 @@ def promote(task, variant, candidate, margin):
     with promotion_lock(name):
         version = _existing_version(client, name, candidate.run.info.run_id)
         if version is None:
-            version = str(mlflow.register_model(f"models:/{candidate.model_id}", name, tags=lineage_tags(candidate)).version)
+            version = str(
+                mlflow.register_model(f"models:/{candidate.model_id}", name, tags=lineage_tags(candidate)).version
+            )
         else:
             print(f"run {candidate.run.info.run_id} is already version {version} of {name}: not registered again")
         champion = _current(client, name, CHAMPION)
@@ -182,7 +184,9 @@ def _gate(task, candidate, version, champion, margin):
     if str(champion.version) == version:
         return Decision(version, version, False, f"version {version} is already the champion; {metric} {value:.4f}")
     champion_value, same_data = _champion_value(task, champion, candidate)
-    verdict = f"{metric} {value:.4f} against champion version {champion.version}'s {champion_value:.4f} (margin {margin:g})"
+    verdict = (
+        f"{metric} {value:.4f} against champion version {champion.version}'s {champion_value:.4f} (margin {margin:g})"
+    )
     if not same_data:
         verdict += "; the champion was evaluated again on this run's test data"
     if is_better(task, value, champion_value, margin):
@@ -210,7 +214,6 @@ def evaluate_on(task, run, model_uri):
     return metrics
 
 
-@contextlib.contextmanager
 def promotion_lock(name):
     """One promotion of `name` at a time on this machine (a file lock beside a SQLite store)."""
     uri = mlflow.get_tracking_uri()
@@ -219,20 +222,16 @@ def promotion_lock(name):
     else:
         digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
         path = Path(tempfile.gettempdir()) / f"mlflow-promote-{digest}-{name}.lock"
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return FileLock(path, is_singleton=True)  # one lock per file: re-entrant within a thread
 
 
 # --- the promote command ----------------------------------------------------------------
 
 
-def run_promotion(task_name, variant="", run_id="", study="", margin=0.0, experiment=""):
-    """Pick, register and gate a run inside a `promote-<model>` MLflow run; print the decision."""
-    task, variant = resolve(task_name, variant)
+def run_promotion(task, variant="", run_id="", study="", margin=0.0, experiment=""):
+    """Pick, register and gate a run of `task` (a task or entry point name) inside a
+    `promote-<model>` MLflow run; print the decision."""
+    task, variant = resolve(task, variant)
     if run_id and study:
         raise InputError("run_id: give run_id or study, not both")
     experiment_ids = None  # every experiment
@@ -246,14 +245,24 @@ def run_promotion(task_name, variant="", run_id="", study="", margin=0.0, experi
     tracking.use_experiment(experiment, task.name)
     # No `entry_point` tag: a promote run must never be taken for a training run.
     tags = {"task": task.name, "variant": variant, "model": name, "step": "promote"}
-    with tracking.training_run(run_name=f"promote-{name}", tags=tags) as run:
-        mlflow.log_params({"model": name, "margin": margin, "source_run_id": candidate.run.info.run_id,
-                           "selection": f"run {run_id}" if run_id else f"best of sweep {study}" if study else "best run"})  # fmt: skip
+    selection = f"run {run_id}" if run_id else f"best of sweep {study}" if study else "best run"
+    with tracking.mlflow_run(run_name=f"promote-{name}", tags=tags) as run:
+        mlflow.log_params(
+            {"model": name, "margin": margin, "source_run_id": candidate.run.info.run_id, "selection": selection}
+        )
         decision = promote(task, variant, candidate, margin)
         mlflow.log_metric(candidate.metric, candidate.value)
-        mlflow.set_tags({"model_version": decision.version, "champion_version": decision.champion,
-                         "promotion.decision": decision.outcome, "promotion.reason": decision.reason})  # fmt: skip
-    print(f"{name} version {decision.version} (run {candidate.run.info.run_id}, {candidate.metric} {candidate.value:.4f})")
+        mlflow.set_tags(
+            {
+                "model_version": decision.version,
+                "champion_version": decision.champion,
+                "promotion.decision": decision.outcome,
+                "promotion.reason": decision.reason,
+            }
+        )
+    print(
+        f"{name} version {decision.version} (run {candidate.run.info.run_id}, {candidate.metric} {candidate.value:.4f})"
+    )
     print(f"{CHAMPION}: version {decision.champion}; {decision.reason}")
     print(f"serve it: mlflow models serve -m models:/{name}@{CHAMPION} --env-manager local")
     return decision, run.info.run_id

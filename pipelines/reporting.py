@@ -23,7 +23,7 @@ def learning_curves(history):
     metrics = [name for name in ("accuracy", "loss") if name in history]
     figure, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     epochs = np.arange(1, len(history["loss"]) + 1)
-    for axis, metric in zip(axes[0], metrics):
+    for axis, metric in zip(axes[0], metrics, strict=True):
         axis.plot(epochs, history[metric], label="train")
         if f"val_{metric}" in history:
             axis.plot(epochs, history[f"val_{metric}"], label="validation")
@@ -55,7 +55,7 @@ def classification_metrics(kind, y_true, outputs, class_names):
     recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     return {
         "test_macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        **{f"test_recall_{name}": float(recall) for name, recall in zip(class_names, recalls)},
+        **{f"test_recall_{name}": float(recall) for name, recall in zip(class_names, recalls, strict=True)},
     }
 
 

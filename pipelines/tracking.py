@@ -15,6 +15,7 @@ from mlflow.utils.git_utils import get_git_commit
 
 INPUT_EXAMPLE_ROWS = 2
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+DRY_RUN_TAG = "dry_run"
 # The packages a logged model needs to load; naming them skips MLflow's slow inference.
 BACKEND_PACKAGES = {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}
 
@@ -30,8 +31,8 @@ def enable_autolog():
 
 
 @contextlib.contextmanager
-def training_run(run_name, tags, parent_run_id=None):
-    """Start (or, under `mlflow run`, resume) a run that never stays RUNNING.
+def mlflow_run(run_name, tags, parent_run_id=None):
+    """Start (or, under `mlflow run`, resume) an MLflow run that never stays RUNNING.
 
     It ends FINISHED, FAILED on an exception, and KILLED on Ctrl-C or SIGTERM
     (the entry point turns SIGTERM into KeyboardInterrupt) or when a sweep prunes it,
@@ -89,6 +90,17 @@ def end_pending_run(status="FAILED"):
             client.set_terminated(run_id, status)
 
 
+def mark_pending_run_dry():
+    """Tag the run `mlflow run` created for a dry run, which trains nothing: `mlflow run`
+    made the run before the command started, and ends it FINISHED itself (it cannot be deleted)."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        mlflow.MlflowClient().set_tag(run_id, DRY_RUN_TAG, "true")
+        mlflow.MlflowClient().set_tag(
+            run_id, "mlflow.note.content", "A dry run: it printed the recipe and trained nothing."
+        )
+
+
 def log_new_params(params):
     """Log params the run does not hold yet (`mlflow run` logs its -P values as given)."""
     run = mlflow.active_run()
@@ -103,9 +115,7 @@ def log_splits(splits, name):
         inputs.insert(1, ("validation", splits.x_val, splits.y_val))
     digests = {}
     for context, features, targets in inputs:
-        dataset = mlflow.data.from_numpy(
-            features, targets=targets, source=splits.source, name=f"{name}-{context}"
-        )
+        dataset = mlflow.data.from_numpy(features, targets=targets, source=splits.source, name=f"{name}-{context}")
         mlflow.log_input(dataset, context=context)
         digests[context] = dataset.digest
     return digests

@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
-from experiments import InputError
+from experiments import RunFailed
 from pipelines import reporting, tracking
-from pipelines.params import model_params
+from pipelines.params import knob_values
 
 EVALUATION_BATCH_SIZE = 1024
 # Steps run per call into the compiled train function. Batch-end callbacks (autolog's,
@@ -34,7 +34,7 @@ LOSSES = {
 METRICS = {"binary": ["accuracy"], "multiclass": ["accuracy"], "regression": ["mae"]}
 
 
-class TrainingDiverged(InputError):
+class TrainingDiverged(RunFailed):
     """The loss became NaN or infinite: a failed run (or sweep trial), not a crash."""
 
 
@@ -86,16 +86,12 @@ def hold_out_validation(splits, fraction, seed, kind):
 
 def build_model(task, variant, params, splits, steps_per_execution=STEPS_PER_EXECUTION):
     num_outputs = len(splits.class_names) if task.kind == "multiclass" else 1
-    model = task.variants[variant].build(splits.x_train.shape[1:], num_outputs, **model_params(params))
+    model = task.variants[variant].build(splits.x_train.shape[1:], num_outputs, **knob_values(task, variant, params))
     learning_rate = params["learning_rate"]
     if params["lr_schedule"] == "cosine":
         steps_per_epoch = math.ceil(len(splits.x_train) / params["batch_size"])
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, params["epochs"] * steps_per_epoch
-        )
-    optimizer = keras.optimizers.get(
-        {"class_name": params["optimizer"], "config": {"learning_rate": learning_rate}}
-    )
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, params["epochs"] * steps_per_epoch)
+    optimizer = keras.optimizers.get({"class_name": params["optimizer"], "config": {"learning_rate": learning_rate}})
     model.compile(
         optimizer=optimizer,
         loss=LOSSES[task.kind],
@@ -111,9 +107,7 @@ def training_batches(features, targets, batch_size, seed):
     so cheaper to start every epoch, than the one Keras builds around arrays, which cost
     `xor` a third of its training time."""
     features, targets = tf.constant(features), tf.constant(targets)
-    indices = tf.data.Dataset.range(len(features)).shuffle(
-        len(features), seed=seed, reshuffle_each_iteration=True
-    )
+    indices = tf.data.Dataset.range(len(features)).shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
     batches = indices.batch(batch_size).map(
         lambda batch: (tf.gather(features, batch), tf.gather(targets, batch)),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -126,9 +120,7 @@ def training_batches(features, targets, batch_size, seed):
 def fit_model(model, splits, params, callbacks=()):
     validation = None
     if splits.x_val is not None:
-        validation = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(
-            EVALUATION_BATCH_SIZE
-        )
+        validation = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(EVALUATION_BATCH_SIZE)
     with warnings.catch_warnings():
         # Keras warns that its shuffle=True default does not apply to a dataset: ours shuffles itself.
         warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
@@ -184,7 +176,7 @@ def train(task, variant, params, callbacks=(), tags=None, run_name=None, parent_
         splits = prepare_data(task, variant, params)  # bad data fails here, before any run starts
     tracking.enable_autolog()
     run_tags = {"task": task.name, "variant": variant, "entry_point": name, **(tags or {})}
-    with tracking.training_run(run_name=run_name or name, tags=run_tags, parent_run_id=parent_run_id) as run:
+    with tracking.mlflow_run(run_name=run_name or name, tags=run_tags, parent_run_id=parent_run_id) as run:
         tracking.log_new_params(params)
         digests = tracking.log_splits(splits, name=task.name)
         mlflow.set_tag("dataset_digest", digests["train"])
@@ -199,9 +191,7 @@ def train(task, variant, params, callbacks=(), tags=None, run_name=None, parent_
         mlflow.log_metrics({**metrics, "train_time_s": train_seconds}, model_id=model_info.model_id)
         tracking.log_figure(reporting.learning_curves(history), "figures/learning_curves.png")
         if matrix is not None:
-            tracking.log_figure(
-                reporting.confusion_figure(matrix, splits.class_names), "figures/confusion_matrix.png"
-            )
+            tracking.log_figure(reporting.confusion_figure(matrix, splits.class_names), "figures/confusion_matrix.png")
             mlflow.log_dict(
                 {"labels": list(splits.class_names), "matrix": matrix.tolist()},
                 "evaluation/confusion_matrix.json",

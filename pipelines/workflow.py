@@ -1,9 +1,9 @@
 """The whole loop in one command: sweep -> promote -> compare, each step its own MLflow run.
 
-    mlflow run . -e pipeline --env-manager local -P task=mnist_cnn -P n_trials=20
+    mlflow run . -e workflow --env-manager local -P task=mnist_cnn -P n_trials=20
 
 Like MLflow's multistep-workflow example, each step is launched with `mlflow.projects.run`
-inside the pipeline's run, so the steps' runs nest under it; each step's run is also
+inside the workflow's run, so the steps' runs nest under it; each step's run is also
 tagged with the run of the step before it.
 """
 
@@ -12,52 +12,61 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import ExecutionException
 
-from experiments import InputError
-from pipelines import tracking
-from pipelines.params import PARAMS
-from pipelines.registry import PROMOTE_DEFAULTS, PROMOTE_PARAMS
-from pipelines.sweep import SWEEP_DEFAULTS, SWEEP_PARAMS, SWEEP_TRAINING_DEFAULTS
+from experiments import RunFailed
+from pipelines import registry, tracking
+from pipelines.sweeps import settings as sweep_settings
+from pipelines.sweeps import storage
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-# The sweep's settings and per-trial training parameters, plus the promotion's margin.
-PIPELINE_PARAMS = {**SWEEP_PARAMS, **{name: PARAMS[name] for name in SWEEP_TRAINING_DEFAULTS}, "margin": PROMOTE_PARAMS["margin"]}
-PIPELINE_DEFAULTS = {**SWEEP_DEFAULTS, **SWEEP_TRAINING_DEFAULTS, "margin": PROMOTE_DEFAULTS["margin"]}
+# The sweep's settings, then the promotion's margin; any other --name value fixes a training parameter.
+SETTINGS = {
+    **{name: param for name, param in sweep_settings.SETTINGS.items() if name != "dry_run"},
+    "margin": registry.SETTINGS["margin"],
+}
+COMMAND_ONLY = ("task", "variant", "experiment", "margin")  # not passed on to the sweep step as such
 
 
-class StepFailed(InputError):
-    """A step's run ended FAILED or KILLED: the pipeline stops there."""
+class StepFailed(RunFailed):
+    """A step's run ended FAILED or KILLED: the workflow stops there."""
 
 
-def run_pipeline(task, variant, sweep_settings, margin, experiment=""):
+def run_workflow(task, variant, settings, training_overrides):
     """Run the three steps for one entry point; return {step: run id}.
 
-    `sweep_settings` are the sweep's parameters, training parameters (`data`, ...) included.
+    `training_overrides` ({name: text}) fix training parameters (`data`, ...) for every trial.
     """
     entry_point = task.qualified_name(variant)
-    study = sweep_settings.get("study_name") or entry_point
+    study = settings["study_name"] or entry_point
+    sweep = {name: value for name, value in settings.items() if name not in COMMAND_ONLY}
     steps = [
-        ("sweep", {"task": entry_point, **sweep_settings, "study_name": study}),
-        ("promote", {"task": entry_point, "study": study, "margin": margin}),
+        ("sweep", {"task": entry_point, **sweep, "study_name": study, **training_overrides}),
+        ("promote", {"task": entry_point, "study": study, "margin": settings["margin"]}),
         ("compare", {"model": entry_point}),
     ]
-    experiment_id = tracking.use_experiment(experiment, task.name)
+    experiment_id = tracking.use_experiment(settings["experiment"], task.name)
     client = mlflow.MlflowClient()
     run_ids = {}
-    tags = {"task": task.name, "variant": variant, "model": entry_point, "step": "pipeline"}
-    with tracking.training_run(run_name=f"pipeline-{entry_point}", tags=tags):
+    tags = {"task": task.name, "variant": variant, "model": entry_point, "step": "workflow"}
+    with tracking.mlflow_run(run_name=f"workflow-{entry_point}", tags=tags):
         for step, parameters in steps:
-            print(f"pipeline step {step}: mlflow run . -e {step} " + " ".join(f"-P {k}={v}" for k, v in parameters.items()), flush=True)
+            shown = {name: storage.describe(v) if name == "storage" and v else v for name, v in parameters.items()}
+            print(
+                f"workflow step {step}: mlflow run . -e {step} " + " ".join(f"-P {k}={v}" for k, v in shown.items()),
+                flush=True,
+            )
             try:
                 submitted = mlflow.projects.run(
                     str(PROJECT_DIR), step, parameters=parameters, env_manager="local", experiment_id=experiment_id
                 )
             except ExecutionException as error:
-                raise StepFailed(f"{step}: the step failed ({str(error).splitlines()[0]}); its run's logs say why") from None
+                raise StepFailed(
+                    f"{step}: the step failed ({str(error).splitlines()[0]}); its run's logs say why"
+                ) from None
             if run_ids:
                 previous_step = list(run_ids)[-1]
-                client.set_tag(submitted.run_id, f"pipeline.{previous_step}_run_id", run_ids[previous_step])
+                client.set_tag(submitted.run_id, f"workflow.{previous_step}_run_id", run_ids[previous_step])
             run_ids[step] = submitted.run_id
-            mlflow.set_tag(f"pipeline.{step}_run_id", submitted.run_id)
-    print(f"pipeline {entry_point} finished: " + ", ".join(f"{step} run {run_id}" for step, run_id in run_ids.items()))
+            mlflow.set_tag(f"workflow.{step}_run_id", submitted.run_id)
+    print(f"workflow {entry_point} finished: " + ", ".join(f"{step} run {run_id}" for step, run_id in run_ids.items()))
     print(f"serve the champion: mlflow models serve -m models:/{entry_point}@champion --env-manager local")
     return run_ids

@@ -1,42 +1,144 @@
-"""Fixtures: a private MLflow store per test, and tiny datasets in the real file formats."""
+"""Fixtures: a private MLflow store per test, tiny datasets in the real file formats, the
+real recipes shrunk to a few seconds, and the tiers' rules (in-process unless `slow`;
+services present or skipped, never skipped under CI)."""
 
+import functools
 import io
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
 import tarfile
+import uuid
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy
 from PIL import Image
 
+from experiments import resolve
 from experiments.emotion import EMOTIONS
+from pipelines.params import declared_params, parse_params
+from tests.helpers import options
+
+POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
+ON_CI = os.environ.get("CI", "").lower() in ("true", "1")
+
+
+# --- tiers ---------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _postgres_reason():
+    """Why the PostgreSQL tests cannot run here, or None when they can."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            pass
+    except OSError as error:
+        return f"needs PostgreSQL at 127.0.0.1:5432 ({error.strerror or error})"
+    return None
+
+
+@functools.cache
+def _browser_reason():
+    return None if shutil.which("chromium") else "needs the `chromium` binary (Debian package `chromium`)"
+
+
+SERVICES = {"postgres": _postgres_reason, "browser": _browser_reason}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The real-data checks run only when asked for (-m real_data), whatever else -m selects."""
+    if "real_data" in (config.getoption("markexpr") or ""):
+        return
+    deselected = [item for item in items if item.get_closest_marker("real_data")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("real_data")]
+
+
+def pytest_runtest_setup(item):
+    """A test whose service is missing skips with the reason; under CI (CI=true) it fails instead."""
+    for marker, reason_missing in SERVICES.items():
+        reason = reason_missing() if item.get_closest_marker(marker) else None
+        if reason and ON_CI:
+            pytest.fail(f"{reason}; CI must provide it (.ci/run does), so it may not skip", pytrace=False)
+        if reason:
+            pytest.skip(reason)
+
+
+ALLOWED_IN_PROCESS = {"git"}  # MLflow reads the commit through GitPython
+
+
+@pytest.fixture(autouse=True)
+def in_process_unless_slow(request, monkeypatch):
+    """The fast tier (-m 'not slow') runs in this process: a test that starts a process must be marked slow."""
+    if request.node.get_closest_marker("slow"):
+        return
+    start = subprocess.Popen.__init__
+
+    def refuse(self, args, *more, **options):
+        words = [args] if isinstance(args, (str, os.PathLike)) else list(args)
+        program = Path(str(words[0]).split()[0]).name
+        if program not in ALLOWED_IN_PROCESS:
+            raise AssertionError(f"{request.node.nodeid} starts {program}: mark it slow")
+        start(self, args, *more, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+# --- the tracking store --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory):
+    """An empty SQLite tracking store with MLflow's schema, migrated once for the whole run."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
+    return path
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh SQLite tracking store with an experiment whose artifacts stay in tmp_path.
-
-    The URI and experiment are exported, so subprocesses (`mlflow run`, the CLI) use them too.
-    """
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.create_experiment("tests", artifact_location=str(tmp_path / "artifacts"))
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)  # set_experiment exports it too
-    mlflow.set_experiment(experiment_id=experiment_id)
-    yield mlflow.MlflowClient(uri)
+def store(tmp_path, monkeypatch, migrated_store):
+    """A fresh SQLite tracking store with an experiment `tests` whose artifacts stay in tmp_path."""
+    yield open_store(tmp_path, migrated_store, monkeypatch)
     mlflow.set_tracking_uri(None)
 
 
-# Tiny data in the real formats. Each class gets a bright block in its own place,
-# so even a few examples are learnable.
+def open_store(folder, migrated_store, monkeypatch):
+    """A copy of the migrated store in `folder` with an experiment `tests`, as this process's
+    tracking store. The URI and experiment are exported, so subprocesses (`mlflow run`, the CLI)
+    use them too."""
+    shutil.copy(migrated_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("tests", artifact_location=str(folder / "artifacts"))
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)  # set_experiment exports it too
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return mlflow.MlflowClient(uri)
+
+
+def restore_store(snapshot, client):
+    """Make the store of `client` a copy of the `snapshot` database (made by `open_store`),
+    through SQLite's backup API: safe while MLflow holds connections to it."""
+    with sqlite3.connect(snapshot) as source, sqlite3.connect(client.tracking_uri.removeprefix("sqlite:///")) as target:
+        source.backup(target)
+
+
+# --- tiny data in the real formats ---------------------------------------------------------------
+# Each class gets a bright block in its own place, so even a few examples are learnable.
 
 
 def _class_images(labels, size, rng):
     images = rng.integers(0, 40, size=(len(labels), size, size), dtype=np.uint8)
     block = size // 4
-    for image, label in zip(images, labels):
+    for image, label in zip(images, labels, strict=True):
         row, col = divmod(int(label) % 9, 3)
         image[row * block : (row + 2) * block, col * block : (col + 2) * block] = 230
     return images
@@ -135,16 +237,50 @@ def fer_csv(tmp_path):
     return path
 
 
-POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
+# --- the real recipes, shrunk --------------------------------------------------------------------
+
+TINY_TRAINING = {"epochs": 1, "batch_size": 16}
+TINY_KNOBS = {"filters": 8, "units": 16}  # at most this wide, where the variant has the knob
+
+
+class TinyRecipe:
+    """An entry point's own recipe shrunk to seconds: one epoch of small batches, narrow
+    layers, and the tiny data file of its task. Every value is given as text, as the
+    command line and MLproject give them; `changes` set any parameter."""
+
+    def __init__(self, data_files):
+        self.data_files = data_files
+
+    def overrides(self, entry_point, **changes):
+        task, variant = resolve(entry_point)
+        declared = declared_params(task, variant)
+        values = dict(TINY_TRAINING)
+        values |= {name: min(width, declared[name].default) for name, width in TINY_KNOBS.items() if name in declared}
+        if "data" in declared:
+            values["data"] = self.data_files[task.name]
+        return {name: str(value) for name, value in {**values, **changes}.items()}
+
+    def params(self, entry_point, **changes):
+        """(task, variant, parsed params) for `pipelines.train.train`."""
+        task, variant = resolve(entry_point)
+        return task, variant, parse_params(task, variant, self.overrides(entry_point, **changes))
+
+    def argv(self, entry_point, **changes):
+        """`--task <entry point> --name value ...` for `python -m pipelines train|sweep`."""
+        return ["--task", entry_point, *options(**self.overrides(entry_point, **changes))]
+
+
+@pytest.fixture
+def tiny(mnist_npz, churn_csv, fer_folder):
+    return TinyRecipe({"mnist": mnist_npz, "churn": churn_csv, "emotion": fer_folder})
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def postgres_url():
     """A fresh, empty PostgreSQL database on the local server, dropped afterwards."""
-    import uuid
-
-    import sqlalchemy
-
     name = f"sweep_test_{uuid.uuid4().hex[:12]}"
     admin = sqlalchemy.create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:

@@ -21,6 +21,23 @@ def runs(client):
     return client.search_runs([experiment.experiment_id])
 
 
+def options(**values):
+    """`--name value` words, as the command line and MLproject pass them."""
+    return [word for name, value in values.items() for word in (f"--{name}", str(value))]
+
+
+def mlflow_run(entry_point, timeout=600, **params):
+    """`mlflow run . -e <entry_point> --env-manager local -P name=value ...`, in the test's store."""
+    words = [word for name, value in params.items() for word in ("-P", f"{name}={value}")]
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", ".", "-e", entry_point, "--env-manager", "local", *words],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_cli(*args, timeout=600, **popen):
     """`python -m pipelines ...` in a subprocess with the test's environment."""
     return subprocess.run(
@@ -53,9 +70,9 @@ def wait_until_serving(url, process, timeout):
             return
         except OSError:
             if process.poll() is not None:
-                raise AssertionError(f"the server exited with code {process.returncode} before serving {url}")
+                raise AssertionError(f"the server exited with code {process.returncode} before serving {url}") from None
             if time.monotonic() > deadline:
-                raise AssertionError(f"nothing served {url} within {timeout} s")
+                raise AssertionError(f"nothing served {url} within {timeout} s") from None
             time.sleep(0.5)
 
 
@@ -82,11 +99,16 @@ class _ComposeLoader(yaml.SafeLoader):
     """YAML with compose's `!override` and `!reset` merge tags (the value as written)."""
 
 
+def _as_written(loader, node):
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node)
+    return loader.construct_scalar(node)
+
+
 for _tag in ("!override", "!reset"):
-    _ComposeLoader.add_constructor(
-        _tag, lambda loader, node: loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode)
-        else loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node)
-    )  # fmt: skip
+    _ComposeLoader.add_constructor(_tag, _as_written)
 
 
 def load_compose(name="compose.yaml", variables=None):

@@ -133,7 +133,9 @@ def test_fer_images_of_another_size_are_resized(fer_folder):
 def test_fer_bad_files_are_refused_by_name(fer_folder, relative, content, message):
     path = fer_folder / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content if content is not None else (fer_folder / "train/happy").glob("*.jpg").__next__().read_bytes())
+    path.write_bytes(
+        content if content is not None else (fer_folder / "train/happy").glob("*.jpg").__next__().read_bytes()
+    )
     with pytest.raises(InputError, match=message):
         load_fer2013(fer_folder, seed=0)
 

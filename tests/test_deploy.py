@@ -17,7 +17,11 @@ from tests.helpers import DOCKER, PROJECT, interpolate, load_compose
 
 TOOLS = Path(sys.executable).parent  # hadolint and shellcheck come from the test extras
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
-EXPOSE_VARIABLES = {"MLFLOW_PUBLIC_HOST": "mlflow.example.com", "MLFLOW_BIND": "192.0.2.10", "MLFLOW_TRACKING_USERNAME": "ci"}
+EXPOSE_VARIABLES = {
+    "MLFLOW_PUBLIC_HOST": "mlflow.example.com",
+    "MLFLOW_BIND": "192.0.2.10",
+    "MLFLOW_TRACKING_USERNAME": "ci",
+}
 
 
 def lock():
@@ -31,19 +35,23 @@ def canonical(requirement):
     return name.split("[")[0].lower(), version.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
 def test_hadolint_passes(dockerfile):
     completed = subprocess.run([TOOLS / "hadolint", str(dockerfile)], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
+@pytest.mark.slow
 def test_shellcheck_passes_on_the_entrypoint():
     completed = subprocess.run([TOOLS / "shellcheck", str(DOCKER / "entrypoint.sh")], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
 def test_dockerfiles_install_the_lock_and_run_as_a_non_root_user():
-    pins = dict(canonical(r) for r in tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["dependencies"])
+    pins = dict(
+        canonical(r) for r in tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["dependencies"]
+    )
     for dockerfile in DOCKERFILES:
         text = dockerfile.read_text()
         assert "pip install --no-cache-dir --no-deps -r docker/requirements.lock && pip check" in text, dockerfile.name
@@ -163,6 +171,7 @@ def test_the_kubernetes_job_template_is_what_mlflow_fills_in():
     assert (PROJECT / config["kube-job-template-path"]).is_file()
 
 
+@pytest.mark.slow
 def test_the_entrypoint_refuses_a_missing_secret_file_in_one_line(tmp_path):
     completed = subprocess.run(
         [DOCKER / "entrypoint.sh", "true"],
@@ -171,11 +180,15 @@ def test_the_entrypoint_refuses_a_missing_secret_file_in_one_line(tmp_path):
         text=True,
     )
     assert completed.returncode == 2
-    assert completed.stderr.strip().splitlines() == [f"error: POSTGRES_PASSWORD_FILE: cannot read the secret file {tmp_path / 'missing'}"]
+    assert completed.stderr.strip().splitlines() == [
+        f"error: POSTGRES_PASSWORD_FILE: cannot read the secret file {tmp_path / 'missing'}"
+    ]
 
 
 def test_deploy_guide_covers_every_file_in_docker():
     guide = (PROJECT / "docs" / "deploy.md").read_text()
-    shipped = [p for p in DOCKER.rglob("*") if p.is_file() and "__pycache__" not in p.parts and "secrets" not in p.parts]
+    shipped = [
+        p for p in DOCKER.rglob("*") if p.is_file() and "__pycache__" not in p.parts and "secrets" not in p.parts
+    ]
     missing = [str(p.relative_to(PROJECT)) for p in shipped if str(p.relative_to(PROJECT)) not in guide]
     assert not missing, f"docs/deploy.md does not mention {missing}"

@@ -30,6 +30,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 ENTRYPOINT = str(DOCKER / "entrypoint.sh")
 DB_ROLE = "mlflow"  # the role compose's URIs name
 SWEEP_TRIALS = 6
+# This process's store and credentials, which a service must not inherit unless compose sets them.
+NOT_INHERITED = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "PGPASSWORD")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def server_env(environment, port, folder, databases):
 def start(command, env, log_path, cwd):
     """`command` through the image's entrypoint, as the container runs it."""
     environment = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "PGPASSWORD"):
+    for name in NOT_INHERITED:
         if name not in env:
             environment.pop(name, None)
     log = open(log_path, "w")
@@ -169,9 +171,8 @@ def test_the_trainer_runs_its_entry_point_against_the_server(stack):
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1 and "test_accuracy" in run.data.metrics
     (model,) = [
-        m for m in client.search_logged_models([experiment.experiment_id])
-        if m.source_run_id == run.info.run_id
-    ]  # fmt: skip
+        m for m in client.search_logged_models([experiment.experiment_id]) if m.source_run_id == run.info.run_id
+    ]
     assert model.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server...
     assert any((stack["folder"] / "mlartifacts").rglob("MLmodel"))  # ...to its artifact volume
     assert_secret_never_shown(stack, output)
@@ -186,7 +187,7 @@ def test_two_sweep_workers_share_one_study_and_the_champion_is_set_through_the_s
     env = client_env(service, stack)
     logs = [stack["folder"] / f"worker-{index}.log" for index in range(2)]
     workers = [start(command, env, log, cwd=PROJECT) for log in logs]  # two replicas at once
-    results = [finish(worker, log) for worker, log in zip(workers, logs)]
+    results = [finish(worker, log) for worker, log in zip(workers, logs, strict=True)]
     for code, output in results:
         assert code == 0, output[-3000:]
 
@@ -241,7 +242,9 @@ def test_exposed_server_needs_basic_auth_with_the_changed_admin_password(databas
     # basic_auth.ini as shipped, with its database on this machine.
     config = (DOCKER / "basic_auth.ini").read_text()
     shipped_uri = next(line.split("=", 1)[1].strip() for line in config.splitlines() if line.startswith("database_uri"))
-    (tmp_path / "basic_auth.ini").write_text(config.replace(shipped_uri, on_this_machine(shipped_uri, databases("auth"))))
+    (tmp_path / "basic_auth.ini").write_text(
+        config.replace(shipped_uri, on_this_machine(shipped_uri, databases("auth")))
+    )
     port = free_port()
     env = {
         **server_env({**base["environment"], **exposed["environment"]}, port, tmp_path, databases),

@@ -6,10 +6,13 @@ import mlflow
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from experiments import entry_points, resolve
+from experiments import RunFailed, entry_points
+from experiments.churn import load_churn
 from experiments.emotion import load_fer2013
-from pipelines.params import parse_params
+from experiments.linear import load_line
+from experiments.mnist import load_mnist
 from pipelines.train import (
     STEPS_PER_EXECUTION,
     build_model,
@@ -21,32 +24,29 @@ from pipelines.train import (
 )
 from tests.helpers import runs
 
-QUICK = {"epochs": "1", "batch_size": "16"}
+
+def logged_model(result):
+    return mlflow.keras.load_model(f"models:/{result.model_id}")
 
 
-def quick_params(name, data=None, **overrides):
-    task, variant = resolve(name)
-    values = {**QUICK, **overrides}
-    if data is not None:
-        values["data"] = str(data)
-    return task, variant, parse_params(task, variant, values)
+def one_per_task(names):
+    """Each task's default entry point in the in-process tier; its other variants are `slow`."""
+    for name in sorted(names):
+        task, variant = entry_points()[name]
+        yield pytest.param(name, marks=() if variant == task.default_variant else pytest.mark.slow)
 
 
-@pytest.fixture
-def data_for(mnist_npz, churn_csv, fer_folder):
-    return {"mnist": mnist_npz, "churn": churn_csv, "emotion": fer_folder}
-
-
-@pytest.mark.parametrize("name", sorted(entry_points()))
-def test_every_entry_point_trains_and_logs_a_complete_run(name, store, data_for):
-    task, variant, params = quick_params(name, data_for.get(resolve(name)[0].name))
+@pytest.mark.parametrize("name", one_per_task(entry_points()))
+def test_every_entry_point_trains_and_logs_a_complete_run(name, store, tiny):
+    task, variant, params = tiny.params(name)
     result = train(task, variant, params)
 
     run = store.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["task"] == task.name and run.data.tags["variant"] == variant
     assert run.data.params["seed"] == "42" and run.data.params["epochs"] == "1"
-    assert int(run.data.params["num_params"]) > 0
+    for knob in task.variants[variant].knobs:  # the model was built from its logged knobs
+        assert run.data.params[knob] == str(params[knob]), knob
     assert task.primary_metric in run.data.metrics and "loss" in run.data.metrics  # autologged
     assert len(store.get_metric_history(run.info.run_id, "epoch_time_s")) == 1
     artifacts = {a.path for a in store.list_artifacts(run.info.run_id, "figures")}
@@ -56,66 +56,85 @@ def test_every_entry_point_trains_and_logs_a_complete_run(name, store, data_for)
     contexts = {inp.dataset.name: inp.dataset.digest for inp in run.inputs.dataset_inputs}
     assert f"{task.name}-train" in contexts and f"{task.name}-test" in contexts
     assert run.data.tags["dataset_digest"] == contexts[f"{task.name}-train"]
+    validates = params["validation_fraction"] > 0 or task.name == "emotion"  # FER2013's PublicTest validates
+    assert (f"{task.name}-validation" in contexts) == validates
+    if task.kind == "multiclass":  # a recall per class, named after it
+        labels = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/evaluation/confusion_matrix.json")["labels"]
+        assert {m for m in run.data.metrics if m.startswith("test_recall_")} == {f"test_recall_{n}" for n in labels}
 
     model = mlflow.pyfunc.load_model(f"models:/{result.model_id}")
     assert model.metadata.signature is not None and model.metadata.saved_input_example_info is not None
     assert store.get_logged_model(result.model_id).source_run_id == result.run_id
+    assert int(run.data.params["num_params"]) == logged_model(result).count_params()
 
 
-def test_classifier_metrics_and_confusion_matrix(store, churn_csv):
-    result = train(*quick_params("churn", churn_csv, epochs="3"))
-    for metric in ("test_accuracy", "test_roc_auc", "test_precision", "test_recall", "test_f1"):
-        assert 0 <= result.metrics[metric] <= 1
+def test_classifier_metrics_are_the_logged_models_on_the_test_split(store, tiny, churn_csv):
+    result = train(*tiny.params("churn", epochs=3))
+    splits = load_churn(churn_csv, seed=42)
+    scores = logged_model(result).predict(splits.x_test, verbose=0)[:, 0]
+    predicted = (scores > 0.5).astype(int)
+    expected = {
+        "test_accuracy": np.mean(predicted == splits.y_test),
+        "test_roc_auc": roc_auc_score(splits.y_test, scores),
+        "test_precision": precision_score(splits.y_test, predicted, zero_division=0),
+        "test_recall": recall_score(splits.y_test, predicted, zero_division=0),
+        "test_f1": f1_score(splits.y_test, predicted, zero_division=0),
+    }
+    logged = store.get_run(result.run_id).data.metrics
+    for metric, value in expected.items():
+        assert logged[metric] == pytest.approx(value, abs=1e-6), metric
     matrix = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/evaluation/confusion_matrix.json"))
-    assert np.array(matrix["matrix"]).sum() == 40 and matrix["labels"] == ["stays", "exits"]
+    assert matrix["labels"] == ["stays", "exits"]
+    assert np.array(matrix["matrix"])[1].tolist() == [int(sum(predicted[splits.y_test == 1] == v)) for v in (0, 1)]
+    assert np.array(matrix["matrix"]).sum() == 40
 
 
-def test_emotion_logs_per_class_recall(store, fer_folder):
-    result = train(*quick_params("emotion_cnn", fer_folder))
-    recalls = [key for key in result.metrics if key.startswith("test_recall_")]
-    assert sorted(recalls) == sorted(
-        f"test_recall_{n}" for n in ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
-    )
-    datasets = {inp.dataset.name for inp in store.get_run(result.run_id).inputs.dataset_inputs}
-    assert datasets == {"emotion-train", "emotion-validation", "emotion-test"}  # PublicTest validates
+@pytest.mark.slow
+def test_augment_reports_accuracy_on_inverted_images(store, tiny, mnist_npz):
+    result = train(*tiny.params("mnist_cnn_augment"))
+    splits = load_mnist(mnist_npz, seed=42)
+    predicted = logged_model(result).predict(255 - splits.x_test, verbose=0).argmax(axis=1)
+    assert result.metrics["test_accuracy_inverted"] == pytest.approx(np.mean(predicted == splits.y_test))
+    (train_input,) = [i for i in store.get_run(result.run_id).inputs.dataset_inputs if i.dataset.name == "mnist-train"]
+    assert json.loads(train_input.dataset.profile)["features_shape"][0] == 2 * 108  # 120 less validation, doubled
 
 
-def test_augment_reports_accuracy_on_inverted_images(store, mnist_npz):
-    result = train(*quick_params("mnist_cnn_augment", mnist_npz))
-    assert 0 <= result.metrics["test_accuracy_inverted"] <= 1
+def test_linear_logs_the_learned_line(store, tiny):
+    result = train(*tiny.params("linear", epochs=2))
+    weight, bias = logged_model(result).layers[-1].get_weights()
+    logged = store.get_run(result.run_id).data.metrics
+    assert logged["learned_weight"] == pytest.approx(float(weight[0, 0])) and weight[0, 0] != 0
+    assert logged["learned_bias"] == pytest.approx(float(bias[0]))
+    splits = load_line(None, seed=42)
+    errors = logged_model(result).predict(splits.x_test, verbose=0)[:, 0] - splits.y_test[:, 0]
+    assert logged["test_mse"] == pytest.approx(float(np.mean(errors**2)), rel=1e-5)
 
 
-def test_linear_logs_the_learned_line(store):
-    result = train(*quick_params("linear", epochs="2"))
-    assert {"learned_weight", "learned_bias", "test_mse"} <= set(result.metrics)
-
-
-def test_same_seed_same_metrics_other_seed_other_metrics(store, mnist_npz):
-    first = train(*quick_params("mnist_cnn", mnist_npz, epochs="2"))
-    again = train(*quick_params("mnist_cnn", mnist_npz, epochs="2"))
-    other = train(*quick_params("mnist_cnn", mnist_npz, epochs="2", seed="7"))
+@pytest.mark.slow
+def test_same_seed_same_metrics_other_seed_other_metrics(store, tiny):
+    first = train(*tiny.params("mnist_cnn", epochs=2))
+    again = train(*tiny.params("mnist_cnn", epochs=2))
+    other = train(*tiny.params("mnist_cnn", epochs=2, seed=7))
     assert first.metrics == again.metrics
     assert first.history == again.history
     assert first.history["loss"] != other.history["loss"]
 
 
-def test_sweep_style_call_nests_under_an_active_run_and_takes_callbacks(store):
+def test_sweep_style_call_nests_under_an_active_run_and_takes_callbacks(store, tiny):
     import keras
 
     seen = []
     callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(logs["loss"]))
     with mlflow.start_run(run_name="parent") as parent:
-        result = train(*quick_params("xor", epochs="3"), callbacks=[callback], tags={"trial": "0"})
+        result = train(*tiny.params("xor", epochs=3), callbacks=[callback], tags={"trial": "0"})
     child = store.get_run(result.run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.data.tags["trial"] == "0"
     assert len(seen) == 3 and len(runs(store)) == 2
 
 
-def test_diverging_training_fails_the_run_with_a_clear_error(store):
-    from experiments import InputError
-
-    with pytest.raises(InputError, match=r"learning_rate: training diverged \(loss (nan|inf) at epoch 1\)"):
-        train(*quick_params("linear", epochs="5", optimizer="sgd", learning_rate="1e12"))
+def test_diverging_training_fails_the_run_with_a_clear_error(store, tiny):
+    with pytest.raises(RunFailed, match=r"learning_rate: training diverged \(loss (nan|inf) at epoch 1\)"):
+        train(*tiny.params("linear", epochs=5, optimizer="sgd", learning_rate=1e12))
     (run,) = runs(store)
     assert run.info.status == "FAILED"
 
@@ -134,12 +153,10 @@ def test_training_batches_cover_every_example_once_per_epoch_reshuffled():
 
 
 @pytest.mark.parametrize("name, batch_size", [("xor", "1"), ("churn", "7")])
-def test_an_epoch_is_one_pass_over_the_training_data(name, batch_size, churn_csv):
+def test_an_epoch_is_one_pass_over_the_training_data(name, batch_size, tiny):
     """steps_per_execution (32) runs several steps per call; an epoch still ends with the data."""
     epochs = 3
-    task, variant, params = quick_params(
-        name, churn_csv if name == "churn" else None, epochs=str(epochs), batch_size=batch_size
-    )
+    task, variant, params = tiny.params(name, epochs=epochs, batch_size=batch_size)
     splits = prepare_data(task, variant, params)
     steps_per_epoch = -(-len(splits.x_train) // params["batch_size"])
     assert steps_per_epoch % STEPS_PER_EXECUTION != 0  # the last call of each epoch runs short
@@ -149,11 +166,9 @@ def test_an_epoch_is_one_pass_over_the_training_data(name, batch_size, churn_csv
 
 
 @pytest.mark.parametrize("name", ["mnist_cnn_l2", "linear", "churn"])
-def test_one_prediction_pass_gives_the_metrics_keras_evaluate_gives(name, mnist_npz, churn_csv):
+def test_one_prediction_pass_gives_the_metrics_keras_evaluate_gives(name, tiny):
     """Loss with the L2 penalty, accuracy or MAE: as model.evaluate computes them, without its extra pass."""
-    task, variant, params = quick_params(
-        name, {"mnist": mnist_npz, "churn": churn_csv}.get(resolve(name)[0].name)
-    )
+    task, variant, params = tiny.params(name)
     splits = prepare_data(task, variant, params)
     model = build_model(task, variant, params, splits)
     metrics, matrix, outputs = evaluate_model(model, task, variant, splits)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import mlflow
@@ -10,16 +11,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.__main__ import main
-from tests.helpers import LOCAL, PROJECT, free_port, runs, wait_until_serving
+from pipelines.cli import main
+from pipelines.registry import promotion_lock, run_promotion
+from tests.conftest import TinyRecipe, open_store, restore_store, write_mnist_npz
+from tests.helpers import LOCAL, PROJECT, free_port, mlflow_run, runs, wait_until_serving
 
 MODEL = "mnist_cnn"
-TINY_CNN = ["--epochs", "3", "--batch_size", "16", "--filters", "8", "--units", "16", "--lr_schedule", "constant"]
 GOOD, BAD = "0.01", "0.000001"  # a learning rate that learns the tiny digits, and one that cannot
+LOCK_WAIT_S = 2  # how long a second promotion is shown to wait for the lock
 
 
-def train_cnn(mnist_npz, learning_rate, *extra):
-    assert main(["train", "--task", MODEL, "--data", str(mnist_npz), *TINY_CNN, "--learning_rate", learning_rate, *extra]) == 0
+def train_cnn(tiny, learning_rate, entry_point=MODEL, **changes):
+    """A finished run of the tiny recipe (3 epochs at a constant `learning_rate`)."""
+    recipe = tiny.argv(entry_point, epochs=3, lr_schedule="constant", learning_rate=learning_rate, **changes)
+    assert main(["train", *recipe]) == 0
     (run,) = [r for r in mlflow.search_runs(output_format="list", order_by=["start_time DESC"], max_results=1)]
     return run
 
@@ -40,12 +45,26 @@ def alias_version(client, alias, name=MODEL):
     return str(client.get_model_version_by_alias(name, alias).version)
 
 
-@pytest.fixture
-def good_and_bad(store, mnist_npz):
-    """Two finished mnist_cnn runs: one that learned, one that did not."""
-    good, bad = train_cnn(mnist_npz, GOOD), train_cnn(mnist_npz, BAD)
+@pytest.fixture(scope="module")
+def trained_pair(migrated_store, tmp_path_factory):
+    """A store snapshot holding two finished mnist_cnn runs, one that learned and one that did
+    not: (database, good run id, bad run id). Trained once; each test gets its own copy."""
+    folder = tmp_path_factory.mktemp("trained_pair")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        open_store(folder, migrated_store, monkeypatch)
+        tiny = TinyRecipe({"mnist": write_mnist_npz(folder / "mnist.npz")})
+        good, bad = train_cnn(tiny, GOOD), train_cnn(tiny, BAD)
+    mlflow.set_tracking_uri(None)
     assert good.data.metrics["test_accuracy"] > bad.data.metrics["test_accuracy"]
-    return good, bad
+    return folder / "mlflow.db", good.info.run_id, bad.info.run_id
+
+
+@pytest.fixture
+def good_and_bad(store, trained_pair):
+    """The two runs of `trained_pair`, in this test's store: (good, bad)."""
+    snapshot, good, bad = trained_pair
+    restore_store(snapshot, store)
+    return store.get_run(good), store.get_run(bad)
 
 
 # --- promote ----------------------------------------------------------------------------
@@ -97,33 +116,37 @@ def test_the_champion_must_win_by_more_than_the_margin(store, good_and_bad):
     assert alias_version(store, "champion") == "1" and alias_version(store, "challenger") == "2"
 
 
-def test_a_champion_tested_on_other_data_is_evaluated_again_on_the_challengers(store, mnist_npz, tmp_path):
+@pytest.mark.slow
+def test_a_champion_tested_on_other_data_is_evaluated_again_on_the_challengers(store, tiny, mnist_npz, tmp_path):
     other = tmp_path / "other.npz"  # the same digits, another test split
     with np.load(mnist_npz) as arrays:
         data = dict(arrays)
     np.savez(other, **{**data, "x_test": data["x_test"][:20], "y_test": data["y_test"][:20]})
-    champion = train_cnn(mnist_npz, GOOD)
-    challenger = train_cnn(other, BAD)
+    champion = train_cnn(tiny, GOOD)
+    challenger = train_cnn(tiny, BAD, data=other)
     assert promote("--run_id", champion.info.run_id) == 0
     assert promote("--run_id", challenger.info.run_id) == 0
     reason = store.get_model_version(MODEL, "2").tags["promotion.reason"]
     assert "evaluated again on this run's test data" in reason and "kept the champion" in reason
 
 
-def test_racing_promotions_lose_no_version_and_crown_the_best(store, good_and_bad):
+def test_a_second_promotion_waits_for_the_first_and_gates_against_its_version(store, good_and_bad):
     good, bad = good_and_bad
-    racers = [
-        subprocess.Popen([sys.executable, "-m", "pipelines", "promote", "--task", MODEL, "--run_id", run_id],
-                         cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        for run_id in (bad.info.run_id, good.info.run_id, bad.info.run_id, good.info.run_id)
-    ]
-    for racer in racers:
-        out, err = racer.communicate(timeout=300)
-        assert racer.returncode == 0, err[-2000:]
-    registered = versions(store)
-    assert sorted(v.tags["source_run_id"] for v in registered) == sorted([bad.info.run_id, good.info.run_id])
-    champion = store.get_model_version_by_alias(MODEL, "champion")
-    assert champion.tags["source_run_id"] == good.info.run_id
+    decided = {}
+    second = threading.Thread(
+        target=lambda: decided.update(second=run_promotion(MODEL, run_id=good.info.run_id)[0]), daemon=True
+    )
+    with promotion_lock(MODEL):  # the first promotion holds the lock...
+        second.start()
+        second.join(timeout=LOCK_WAIT_S)
+        assert second.is_alive() and versions(store) == []  # ...the second waits, registering nothing
+        assert promote("--run_id", bad.info.run_id) == 0  # the first registers (the lock is re-entrant)
+    second.join(timeout=300)
+    first, then = versions(store)
+    assert first.tags["source_run_id"] == bad.info.run_id and then.tags["source_run_id"] == good.info.run_id
+    assert decided["second"].version == str(then.version)
+    assert f"against champion version {first.version}'s" in decided["second"].reason  # it saw the first's version
+    assert alias_version(store, "champion") == str(then.version)
 
 
 def leftover_run(client, entry_point, with_metric, status):
@@ -146,10 +169,18 @@ WITH_RUN = ["--task", MODEL, "--run_id", "{run_id}"]
         (["--task", MODEL], None, "error: task: no finished run of mnist_cnn with test_accuracy in the tracking store"),
         (["--task", "cifar"], None, "error: task: unknown task 'cifar'"),
         (WITH_RUN, (MODEL, False, "FAILED"), "error: run_id: run {run_id} has no test_accuracy metric"),
-        (WITH_RUN, (MODEL, True, "FINISHED"), "error: run_id: run {run_id} has no logged model (its model failed to log)"),
+        (
+            WITH_RUN,
+            (MODEL, True, "FINISHED"),
+            "error: run_id: run {run_id} has no logged model (its model failed to log)",
+        ),
         (WITH_RUN, ("xor", True, "FINISHED"), "error: run_id: run {run_id} trained xor, not mnist_cnn"),
         ([*WITH_RUN, "--study", "digits"], (MODEL, True, "FINISHED"), "error: run_id: give run_id or study, not both"),
-        (["--task", MODEL, "--run_id", "0123456789abcdef"], None, "error: run_id: no run 0123456789abcdef in the tracking store"),
+        (
+            ["--task", MODEL, "--run_id", "0123456789abcdef"],
+            None,
+            "error: run_id: no run 0123456789abcdef in the tracking store",
+        ),
         (["--task", MODEL, "--margin", "-1"], None, "error: margin: -1.0 is out of range"),
         (["--task", MODEL, "--study", "a'b"], None, "error: study: a'b is out of range"),
     ],
@@ -166,10 +197,11 @@ def test_bad_promotions_are_one_error_line_and_register_nothing(argv, leftover, 
 # --- compare ----------------------------------------------------------------------------
 
 
-def test_compare_reports_versions_side_by_side(store, good_and_bad, mnist_npz, tmp_path, capsys):
+@pytest.mark.slow
+def test_compare_reports_versions_side_by_side(store, good_and_bad, tiny, tmp_path, capsys):
     good, bad = good_and_bad
     assert promote("--run_id", bad.info.run_id) == 0 and promote("--run_id", good.info.run_id) == 0
-    assert main(["train", "--task", "mnist_cnn_bn", "--data", str(mnist_npz), *TINY_CNN, "--learning_rate", GOOD]) == 0
+    train_cnn(tiny, GOOD, entry_point="mnist_cnn_bn")
     assert main(["promote", "--task", "mnist_cnn_bn"]) == 0
 
     output = tmp_path / "report.html"
@@ -182,8 +214,9 @@ def test_compare_reports_versions_side_by_side(store, good_and_bad, mnist_npz, t
     (compare_run,) = [r for r in runs(store) if r.data.tags.get("step") == "compare"]
     assert compare_run.info.status == "FINISHED"
     artifacts = {a.path for a in store.list_artifacts(compare_run.info.run_id, "comparison")}
-    assert artifacts == {f"comparison/{name}" for name in
-                         ("report.html", "table.csv", "learning_curves.png", "confusion_matrices.png")}  # fmt: skip
+    assert artifacts == {
+        f"comparison/{name}" for name in ("report.html", "table.csv", "learning_curves.png", "confusion_matrices.png")
+    }
     local = mlflow.artifacts.download_artifacts(run_id=compare_run.info.run_id, artifact_path="comparison")
     assert Image.open(f"{local}/confusion_matrices.png").size[0] > 600  # two matrices side by side
     table = mlflow.artifacts.load_text(f"runs:/{compare_run.info.run_id}/comparison/table.csv").splitlines()
@@ -222,10 +255,14 @@ def test_the_champion_serves_predictions_over_rest(store, good_and_bad):
     assert promote("--run_id", good.info.run_id) == 0
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            *(sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion"),
+            *("--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)),
+        ],
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until_serving(f"http://127.0.0.1:{port}/ping", server, timeout=180)
         images = np.random.default_rng(0).integers(0, 255, (3, 28, 28, 1)).astype("uint8")
@@ -246,24 +283,22 @@ def test_the_champion_serves_predictions_over_rest(store, good_and_bad):
 
 
 @pytest.mark.slow
-def test_mlflow_run_pipeline_sweeps_promotes_and_compares(store, tmp_path):
-    completed = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", ".", "-e", "pipeline", "--env-manager", "local",
-         "-P", "task=xor", "-P", "n_trials=2", "-P", "epochs=3", "-P", f"storage={tmp_path / 'optuna.journal'}"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+def test_mlflow_run_workflow_sweeps_promotes_and_compares(store, tmp_path):
+    journal = tmp_path / "optuna.journal"
+    completed = mlflow_run("workflow", timeout=900, task="xor", n_trials=2, epochs=3, storage=journal)
     assert completed.returncode == 0, completed.stderr[-3000:]
     by_step = {}
     for run in runs(store):
         by_step.setdefault(run.data.tags.get("mlflow.project.entryPoint"), []).append(run)
-    (pipeline,) = by_step["pipeline"]
+    (workflow,) = by_step["workflow"]
     (sweep,), (promotion,), (comparison,) = by_step["sweep"], by_step["promote"], by_step["compare"]
     for step in (sweep, promotion, comparison):
         assert step.info.status == "FINISHED"
-        assert step.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
-    assert promotion.data.tags["pipeline.sweep_run_id"] == sweep.info.run_id
-    assert comparison.data.tags["pipeline.promote_run_id"] == promotion.info.run_id
-    assert pipeline.data.tags["pipeline.compare_run_id"] == comparison.info.run_id
+        assert step.data.tags["mlflow.parentRunId"] == workflow.info.run_id
+    assert promotion.data.tags["workflow.sweep_run_id"] == sweep.info.run_id
+    assert comparison.data.tags["workflow.promote_run_id"] == promotion.info.run_id
+    assert workflow.data.tags["workflow.compare_run_id"] == comparison.info.run_id
+    assert all(run.data.params["epochs"] == "3" for run in runs(store) if run.data.tags.get("sweep") == "trial")
 
     champion = store.get_model_version_by_alias("xor", "champion")
     assert champion.tags["study"] == "xor" and champion.tags["sweep_run_id"] == sweep.info.run_id

@@ -11,17 +11,19 @@ import time
 import mlflow
 import optuna
 import pytest
+import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from experiments import InputError, entry_points
-from pipelines import search_space as spaces
-from pipelines.__main__ import main
-from pipelines.params import defaults_for, parse_value
-from pipelines.studies import open_storage
-from tests.helpers import PROJECT, runs
+from pipelines.cli import main
+from pipelines.params import declared_params, parse_params
+from pipelines.sweeps import search_space as spaces
+from pipelines.sweeps.storage import open_storage
+from tests.helpers import PROJECT, mlflow_run, options, runs
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+LONG_TRIAL = {"epochs": 100, "batch_size": 1}  # xor's trials run long enough to be caught running
 
 
 # --- search spaces ------------------------------------------------------------------------
@@ -31,16 +33,16 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 def test_every_entry_point_declares_a_valid_search_space(name):
     task, variant = entry_points()[name]
     space = task.variants[variant].search_space
-    params = defaults_for(task, variant)
+    declared = declared_params(task, variant)
     assert isinstance(space["learning_rate"], FloatDistribution) and space["learning_rate"].log
     for tuned in ("dropout", "conv_dropout", "filters", "units", "l1", "l2"):
-        if params.get(tuned):  # the variant uses it: the sweep tunes it
+        if declared.get(tuned) and declared[tuned].default:  # the variant uses it: the sweep tunes it
             assert tuned in space, f"{name} does not tune {tuned}"
     for param, dist in space.items():
-        assert param in params and param not in spaces.UNTUNABLE
+        assert param in declared and param not in spaces.UNTUNABLE
         values = dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)
         for value in values:
-            parse_value(param, value)  # raises if a bound is outside the parameter's valid range
+            declared[param].parse(param, value)  # raises if a bound is outside the parameter's valid range
 
 
 def test_a_search_space_file_narrows_fixes_and_drops(tmp_path):
@@ -53,8 +55,8 @@ def test_a_search_space_file_narrows_fixes_and_drops(tmp_path):
         "batch_size: 256\n"
         "l2: null\n"
     )
-    params = defaults_for(task, variant)
-    space, fixed = spaces.search_space(task.variants[variant].search_space, params, spaces.read_overrides(str(path)))
+    params = parse_params(task, variant, {})
+    space, fixed = spaces.search_space(task, variant, params, spaces.read_overrides(str(path)))
     assert space["learning_rate"] == FloatDistribution(1e-3, 5e-3, log=True)
     assert space["filters"] == CategoricalDistribution([16, 32])
     assert space["units"] == IntDistribution(32, 128, step=32)
@@ -65,18 +67,30 @@ def test_a_search_space_file_narrows_fixes_and_drops(tmp_path):
 
 def test_parameters_the_user_sets_are_fixed_not_tuned():
     task, variant = entry_points()["mnist_cnn"]
-    params = {**defaults_for(task, variant), "dropout": 0.3}
-    space, fixed = spaces.search_space(task.variants[variant].search_space, params, fixed_by_user={"dropout"})
+    params = parse_params(task, variant, {"dropout": "0.3"})
+    space, fixed = spaces.search_space(task, variant, params, fixed_by_user={"dropout"})
     assert "dropout" not in space and fixed["dropout"] == 0.3
 
 
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
-        ('{"dropout": {"low": 0.2, "high": 1.5}}', "search_space: inline: dropout: 1.5 is out of range; it must be a number in [0, 1)"),
-        ('{"learning_rate": {"low": 0.1, "high": 0.01}}', "search_space: inline: learning_rate: `low <= high` must hold"),
-        ('{"learning_rate": {"low": 0, "high": 0.1, "log": true}}', "search_space: inline: learning_rate: 0.0 is out of range"),
-        ('{"filters": {"low": 8, "high": 64, "step": 2.5}}', "search_space: inline: filters: step must be a positive integer"),
+        (
+            '{"dropout": {"low": 0.2, "high": 1.5}}',
+            "search_space: inline: dropout: 1.5 is out of range; it must be a number in [0, 1)",
+        ),
+        (
+            '{"learning_rate": {"low": 0.1, "high": 0.01}}',
+            "search_space: inline: learning_rate: `low <= high` must hold",
+        ),
+        (
+            '{"learning_rate": {"low": 0, "high": 0.1, "log": true}}',
+            "search_space: inline: learning_rate: 0.0 is out of range",
+        ),
+        (
+            '{"filters": {"low": 8, "high": 64, "step": 2.5}}',
+            "search_space: inline: filters: step must be a positive integer",
+        ),
         ('{"filters": {"lo": 8, "high": 64}}', "search_space: inline: filters: a range needs low and high"),
         ('{"optimizer": {"low": 1, "high": 2}}', "search_space: inline: optimizer: takes text values"),
         ('{"optimizer": ["adam", "adagrad"]}', "search_space: inline: optimizer: adagrad is out of range"),
@@ -85,15 +99,16 @@ def test_parameters_the_user_sets_are_fixed_not_tuned():
         ('{"units": []}', "search_space: inline: units: an empty list of choices"),
         ("{dropout: [0.1", "search_space: inline is not valid YAML or JSON"),
         ("missing.yaml", "search_space: file not found: missing.yaml"),
-        ('{"learning_rate": 0.01, "filters": null, "units": null, "dropout": null}', "search_space: inline: nothing left to tune"),
+        (
+            '{"learning_rate": 0.01, "filters": null, "units": null, "dropout": null}',
+            "search_space: inline: nothing left to tune",
+        ),
     ],
 )
 def test_a_bad_search_space_is_refused_with_the_field_named(entries, message):
     task, variant = entry_points()["mnist_cnn"]
     with pytest.raises(InputError) as error:
-        spaces.search_space(
-            task.variants[variant].search_space, defaults_for(task, variant), spaces.read_overrides(entries)
-        )
+        spaces.search_space(task, variant, parse_params(task, variant, {}), spaces.read_overrides(entries))
     assert str(error.value).startswith(message), error.value
 
 
@@ -107,7 +122,10 @@ def test_a_bad_search_space_is_refused_with_the_field_named(entries, message):
         (["--task", "cifar"], "error: task: unknown task 'cifar'"),
         (["--task", "xor", "--storage", "mysql://root@127.0.0.1/test"], "error: storage: unsupported storage"),
         (["--task", "xor", "--storage", "sqlite:///x.db", "--workers", "2"], "error: storage: SQLite is not safe"),
-        (["--task", "xor", "--storage", "postgresql://postgres:pw@127.0.0.1:1/x"], "error: storage: cannot open postgresql://postgres:***@127.0.0.1:1/x"),
+        (
+            ["--task", "xor", "--storage", "postgresql://postgres:pw@127.0.0.1:1/x"],
+            "error: storage: cannot open postgresql://postgres:***@127.0.0.1:1/x",
+        ),
         (["--task", "xor", "--pruner", "asha"], "error: pruner: asha is out of range"),
         (["--task", "xor", "--study_name", "a b"], "error: study_name: a b is out of range"),
         (["--task", "xor", "--search_space", "nope.yaml"], "error: search_space: file not found: nope.yaml"),
@@ -120,6 +138,23 @@ def test_bad_sweep_input_is_one_error_line_and_no_run(argv, message, store, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
     assert runs(store) == []
+
+
+def test_dry_run_prints_what_the_sweep_would_tune_and_opens_nothing(store, tmp_path, capsys):
+    journal = tmp_path / "optuna.journal"
+    argv = ["sweep", "--task", "mnist_cnn", "--epochs", "5", "--storage", journal, "--dry_run", "true"]
+    assert main([*argv, "--search_space", '{"optimizer": ["adam", "sgd"], "units": null}']) == 0
+    plan = yaml.safe_load(capsys.readouterr().out)
+    assert plan["entry_point"] == "mnist_cnn" and plan["settings"]["storage"] == str(journal)
+    assert plan["fixed"]["epochs"] == 5 and "learning_rate" not in plan["fixed"]  # fixed by you, tuned
+    assert plan["search_space"]["optimizer"] == ["adam", "sgd"] and "units" not in plan["search_space"]
+    assert plan["search_space"]["learning_rate"] == {"low": 3e-4, "high": 1e-2, "log": True}
+    # The printed space is in the search-space file's format: fed back, each range reads the same.
+    again = spaces.read_overrides(json.dumps(plan["search_space"]))
+    task, variant = entry_points()["mnist_cnn"]
+    space, _ = spaces.search_space(task, variant, parse_params(task, variant, {}), again)
+    assert {name: spaces.as_file_entries(space)[name] for name in plan["search_space"]} == plan["search_space"]
+    assert runs(store) == [] and not journal.exists()
 
 
 # --- sweeps on tiny data --------------------------------------------------------------------
@@ -140,17 +175,19 @@ def trial_runs_by_number(client):
     return by_number
 
 
-def test_sweep_nests_trials_under_the_study_run_records_pruning_and_resumes(store, mnist_npz, tmp_path, capsys):
+@pytest.mark.slow
+def test_sweep_nests_trials_under_the_study_run_records_pruning_and_resumes(store, tiny, tmp_path, capsys):
     journal = str(tmp_path / "optuna.journal")
     # Trial 0 learns, trial 1 cannot (a tiny learning rate): the median pruner must stop it.
     study = optuna.create_study(study_name="digits", storage=open_storage(journal, 10, None), direction="maximize")
     study.enqueue_trial({"learning_rate": 0.01})
     study.enqueue_trial({"learning_rate": 1e-6})
+    space = '{"learning_rate": {"low": 1.0e-6, "high": 0.01, "log": true}, "dropout": null}'
     common = [
-        "--task", "mnist_cnn", "--data", mnist_npz, "--storage", journal, "--study_name", "digits",
-        "--epochs", 4, "--batch_size", 16, "--pruner_startup_trials", 1, "--pruner_warmup_epochs", 0,
-        "--search_space", '{"learning_rate": {"low": 1.0e-6, "high": 0.01, "log": true}, "filters": [8], "units": [16], "dropout": null}',
-    ]  # fmt: skip
+        *tiny.argv("mnist_cnn", epochs=4),
+        *options(storage=journal, study_name="digits", pruner_startup_trials=1, pruner_warmup_epochs=0),
+        *options(search_space=space),
+    ]
     assert sweep(*common, "--n_trials", 3) == 0
     out = capsys.readouterr().out
 
@@ -176,7 +213,10 @@ def test_sweep_nests_trials_under_the_study_run_records_pruning_and_resumes(stor
 
     best = optuna.load_study(study_name="digits", storage=open_storage(journal, 10, None)).best_trial
     assert f"best trial {best.number}" in out and best.user_attrs["mlflow_run_id"] in out
-    assert f"mlflow run . -e promote --env-manager local -P task=mnist_cnn -P run_id={best.user_attrs['mlflow_run_id']}" in out
+    assert (
+        f"mlflow run . -e promote --env-manager local -P task=mnist_cnn -P run_id={best.user_attrs['mlflow_run_id']}"
+        in out
+    )
     assert parent.data.tags["best.run_id"] == best.user_attrs["mlflow_run_id"]
 
     # The same command resumes the study: numbering goes on, finished trials are not redone.
@@ -191,15 +231,17 @@ def test_sweep_nests_trials_under_the_study_run_records_pruning_and_resumes(stor
     assert sorted(trial_runs_by_number(store)) == [0, 1, 2, 3]
 
 
-def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(store, tmp_path):
+@pytest.mark.slow
+def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(store, tiny, tmp_path):
     journal = str(tmp_path / "optuna.journal")
     study = optuna.create_study(study_name="line", storage=open_storage(journal, 10, None), direction="minimize")
     for learning_rate in (1e6, 0.05, 0.02):  # SGD at 1e6 overflows to inf, then NaN
         study.enqueue_trial({"learning_rate": learning_rate})
+    space = '{"learning_rate": {"low": 0.01, "high": 1.0e+6, "log": true}, "optimizer": "sgd"}'
     result = sweep(
-        "--task", "linear", "--storage", journal, "--study_name", "line", "--n_trials", 2, "--epochs", 3,
-        "--pruner", "none", "--search_space", '{"learning_rate": {"low": 0.01, "high": 1.0e+6, "log": true}, "optimizer": "sgd"}',
-    )  # fmt: skip
+        *tiny.argv("linear", epochs=3),
+        *options(storage=journal, study_name="line", n_trials=2, pruner="none", search_space=space),
+    )
     assert result == 0
     study = optuna.load_study(study_name="line", storage=open_storage(journal, 10, None))
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
@@ -211,12 +253,7 @@ def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(store, tmp_path):
 
 @pytest.mark.slow
 def test_mlflow_run_sweep_makes_its_run_the_study_run(store, tmp_path):
-    completed = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", ".", "-e", "sweep", "--env-manager", "local",
-         "-P", "task=xor", "-P", "n_trials=2", "-P", "epochs=3", "-P", f"storage={tmp_path / 'optuna.journal'}",
-         "-P", "batch_size=2"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    completed = mlflow_run("sweep", task="xor", n_trials=2, epochs=3, storage=tmp_path / "optuna.journal", batch_size=2)
     assert completed.returncode == 0, completed.stderr[-3000:]
     (parent,) = study_runs(store, "study")
     assert parent.data.tags["mlflow.project.entryPoint"] == "sweep" and parent.info.status == "FINISHED"
@@ -238,9 +275,13 @@ def start_sweep():
     def start(*args):
         process = subprocess.Popen(
             [sys.executable, "-m", "pipelines", "sweep", *map(str, args)],
-            cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ},
             start_new_session=True,
-        )  # fmt: skip
+        )
         started.append(process)
         return process
 
@@ -278,13 +319,14 @@ def check_exactly_n_trials(store, study, n_trials):
     return trials
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
-def test_two_workers_on_postgres_run_exactly_n_trials_and_never_log_the_password(store, postgres_url, start_sweep):
+def test_two_workers_on_postgres_run_exactly_n_trials_and_never_log_the_password(
+    store, tiny, postgres_url, start_sweep
+):
     url_with_password = postgres_url.replace("postgres@", "postgres:hunter2@")  # trust auth ignores it
-    sweep_process = start_sweep(
-        "--task", "xor", "--storage", url_with_password, "--workers", 2, "--n_trials", 5, "--epochs", 30,
-        "--pruner", "none", "--study_name", "xor-pg",
-    )  # fmt: skip
+    settings = options(storage=url_with_password, workers=2, n_trials=5, pruner="none", study_name="xor-pg")
+    sweep_process = start_sweep(*tiny.argv("xor", epochs=30), *settings)
     out, err = sweep_process.communicate(timeout=600)
     assert sweep_process.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="xor-pg", storage=postgres_url)
@@ -295,6 +337,19 @@ def test_two_workers_on_postgres_run_exactly_n_trials_and_never_log_the_password
         assert "hunter2" not in json.dumps({**run.data.params, **run.data.tags})
     (parent,) = study_runs(store, "study")
     assert parent.data.params["storage"].endswith(":***@127.0.0.1:5432/" + postgres_url.rsplit("/", 1)[1])
+
+
+@pytest.mark.slow
+def test_a_worker_hands_over_to_a_fresh_process_after_its_trials_per_process(store, tiny, tmp_path, start_sweep):
+    journal = str(tmp_path / "optuna.journal")
+    settings = options(storage=journal, n_trials=2, trials_per_process=1, sampler="random", study_name="xor-fresh")
+    sweep_process = start_sweep(*tiny.argv("xor", epochs=2), *settings, *options(pruner="none"))
+    _, err = sweep_process.communicate(timeout=600)
+    assert sweep_process.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="xor-fresh", storage=open_storage(journal, 1, None))
+    check_exactly_n_trials(store, study, 2)
+    assert len({trial.user_attrs["worker"] for trial in study.trials}) == 2  # a process per trial
+    assert len({tuple(sorted(trial.params.items())) for trial in study.trials}) == 2  # each its own seed
 
 
 def wait_for_running_trial(study, store, timeout=180):
@@ -310,18 +365,17 @@ def wait_for_running_trial(study, store, timeout=180):
     raise AssertionError("no trial started")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
-    storage, store, tmp_path, request, start_sweep
+    storage, store, tiny, tmp_path, request, start_sweep
 ):
     url = str(tmp_path / "optuna.journal") if storage == "journal" else request.getfixturevalue("postgres_url")
-    sweep_process = start_sweep(
-        "--task", "xor", "--storage", url, "--workers", 2, "--n_trials", 4, "--epochs", 100,
-        "--pruner", "none", "--study_name", "xor-kill", "--heartbeat_interval", 1,
-    )  # fmt: skip
+    settings = options(storage=url, workers=2, n_trials=4, pruner="none", study_name="xor-kill", heartbeat_interval=1)
+    sweep_process = start_sweep(*tiny.argv("xor", **LONG_TRIAL), *settings)
     killed, pid = wait_for_running_trial(load_study_when_created("xor-kill", url), store)
     os.kill(pid, signal.SIGKILL)
-    out, err = sweep_process.communicate(timeout=600)
+    _out, err = sweep_process.communicate(timeout=600)
 
     assert sweep_process.returncode == 0, err[-3000:]
     assert "was killed by SIGKILL" in err
@@ -334,14 +388,17 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
     assert killed_run.info.status == "FAILED" and killed_run.data.tags["optuna.trial_state"] == "FAIL"
 
 
-def test_ctrl_c_stops_workers_and_the_same_command_resumes(store, tmp_path, start_sweep):
+@pytest.mark.slow
+def test_ctrl_c_stops_workers_and_the_same_command_resumes(store, tiny, tmp_path, start_sweep):
     journal = str(tmp_path / "optuna.journal")
-    args = ("--task", "xor", "--storage", journal, "--workers", 2, "--n_trials", 3, "--epochs", 100,
-            "--pruner", "none", "--study_name", "xor-stop")  # fmt: skip
+    args = [
+        *tiny.argv("xor", **LONG_TRIAL),
+        *options(storage=journal, workers=2, n_trials=3, pruner="none", study_name="xor-stop"),
+    ]
     sweep_process = start_sweep(*args)
     wait_for_running_trial(load_study_when_created("xor-stop", journal), store)
     os.killpg(sweep_process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    out, err = sweep_process.communicate(timeout=300)
+    _, err = sweep_process.communicate(timeout=300)
     assert sweep_process.returncode == 130, err[-3000:]
     assert not [run for run in runs(store) if run.info.status == "RUNNING"]
     (parent,) = study_runs(store, "study")
@@ -350,17 +407,18 @@ def test_ctrl_c_stops_workers_and_the_same_command_resumes(store, tmp_path, star
     assert interrupted  # the trials in progress, ended KILLED
 
     resumed = start_sweep(*args)
-    out, err = resumed.communicate(timeout=600)
+    _out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="xor-stop", storage=open_storage(journal, 1, None))
     check_exactly_n_trials(store, study, 3)
     assert study.trials[0].number == 0 and len(study.trials) > 3  # numbering went on after the stop
 
 
-def test_timeout_stops_starting_trials(store, tmp_path, capsys):
+def test_timeout_stops_starting_trials(store, tiny, tmp_path, capsys):
     started = time.time()
-    result = sweep("--task", "xor", "--storage", tmp_path / "optuna.journal", "--n_trials", 50, "--epochs", 2,
-                   "--timeout", 2)  # fmt: skip
+    # 50 trials would take fresh worker processes; trials_per_process=0 keeps them all in this one.
+    settings = options(storage=tmp_path / "optuna.journal", n_trials=50, timeout=2, trials_per_process=0)
+    result = sweep(*tiny.argv("xor", epochs=2), *settings)
     assert result == 0 and time.time() - started < 60
     (parent,) = study_runs(store, "study")
     finished = parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"]

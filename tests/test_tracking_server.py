@@ -1,5 +1,6 @@
 """The same entry point, unchanged, against a real `mlflow server` instead of the embedded store."""
 
+import shutil
 import subprocess
 import sys
 
@@ -10,22 +11,26 @@ from tests.helpers import free_port, run_cli, wait_until_serving
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
+def server(tmp_path, monkeypatch, migrated_store):
+    shutil.copy(migrated_store, tmp_path / "server.db")  # the schema is there: the server starts at once
     port = free_port()
+    artifacts = tmp_path / "served-artifacts"
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "served-artifacts"), "--workers", "1"],
+        [
+            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+            *("--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(artifacts)),
+            *("--workers", "1"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(f"{url}/health", process, timeout=90)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        yield url, tmp_path / "served-artifacts"
+        yield url, artifacts
     finally:
         process.terminate()
         process.wait(timeout=30)

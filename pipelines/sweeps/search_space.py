@@ -24,20 +24,22 @@ from optuna.distributions import (
 )
 
 from experiments import InputError
-from pipelines.params import PARAMS, parse_value
+from pipelines.params import declared_params
 
 # They shape the data every trial of a study shares, so a study cannot vary them.
 UNTUNABLE = ("data", "seed", "max_samples", "validation_fraction")
 RANGE_KEYS = {"low", "high", "log", "step"}
 
 
-def search_space(variant_space, params, overrides=None, fixed_by_user=()):
+def search_space(task, variant, params, overrides=None, fixed_by_user=()):
     """(space, params): the distributions to sample and the fixed parameters of every trial.
 
-    `params` are the variant's parsed parameters; `fixed_by_user` names those the user set
-    explicitly, which are then fixed rather than tuned.
+    `params` are the entry point's parsed parameters; `fixed_by_user` names those the user
+    set explicitly, which are then fixed rather than tuned. `overrides` is (source, entries)
+    from `read_overrides`.
     """
-    space = {name: dist for name, dist in variant_space.items() if name not in fixed_by_user}
+    declared = declared_params(task, variant)
+    space = {name: dist for name, dist in task.variants[variant].search_space.items() if name not in fixed_by_user}
     params = dict(params)
     origin = "search_space"
     if overrides:
@@ -51,9 +53,9 @@ def search_space(variant_space, params, overrides=None, fixed_by_user=()):
                 raise InputError(f"{where}: cannot be tuned; it shapes the data every trial shares")
             space.pop(name, None)
             if isinstance(entry, (dict, list)):
-                space[name] = _distribution(name, entry, where)
+                space[name] = _distribution(declared[name], entry, where)
             elif entry is not None:
-                params[name] = _checked(name, entry, where)
+                params[name] = _checked(declared[name], entry, where)
     if not space:
         raise InputError(f"{origin}: nothing left to tune; give at least one range or choice")
     return space, params
@@ -78,37 +80,38 @@ def read_overrides(value):
     return source, entries
 
 
-def _distribution(name, entry, where):
-    spec = PARAMS[name]
+def _distribution(param, entry, where):
     if isinstance(entry, list):
         if not entry:
             raise InputError(f"{where}: an empty list of choices")
-        return CategoricalDistribution([_checked(name, choice, where) for choice in entry])
+        return CategoricalDistribution([_checked(param, choice, where) for choice in entry])
     unknown = set(entry) - RANGE_KEYS
     if unknown or not {"low", "high"} <= set(entry):
         raise InputError(f"{where}: a range needs low and high, optionally log and step (got {', '.join(entry)})")
-    if spec.type is str:
-        raise InputError(f"{where}: takes text values; give a list of choices instead of a range")
-    low, high = _checked(name, entry["low"], where), _checked(name, entry["high"], where)
+    if param.type not in (int, float):
+        values = "text" if param.type is str else param.rule
+        raise InputError(f"{where}: takes {values} values; give a list of choices instead of a range")
+    low, high = _checked(param, entry["low"], where), _checked(param, entry["high"], where)
     log = entry.get("log", False)
     if not isinstance(log, bool):
         raise InputError(f"{where}: log must be true or false")
     step = entry.get("step")
     if step is not None:
-        step = _checked_step(spec.type, step, where)
+        step = _checked_step(param.type, step, where)
     try:
-        if spec.type is int:
+        if param.type is int:
             return IntDistribution(low, high, log=log, step=step or 1)
         return FloatDistribution(low, high, log=log, step=step)
     except ValueError as error:  # Optuna's own check: low <= high, log needs low > 0, ...
         raise InputError(f"{where}: {error}") from None
 
 
-def _checked(name, value, where):
+def _checked(param, value, where):
+    """`value` parsed and range-checked as `param`, refused in one line that names `where`."""
     try:
-        return parse_value(name, value)
+        return param.parse("value", value)
     except InputError as error:
-        raise InputError(f"{where}: {str(error).removeprefix(f'{name}: ')}") from None
+        raise InputError(f"{where}: {str(error).removeprefix('value: ')}") from None
 
 
 def _checked_step(kind, step, where):
@@ -132,6 +135,19 @@ def suggest(trial, space):
         else:
             values[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
     return values
+
+
+def as_file_entries(space):
+    """The space in the search-space file's own format: a range or a list of choices per name."""
+    entries = {}
+    for name, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            entries[name] = list(dist.choices)
+        else:
+            entries[name] = {"low": dist.low, "high": dist.high, "log": dist.log}
+            if dist.step not in (None, 1):
+                entries[name]["step"] = dist.step
+    return entries
 
 
 def describe(space):

@@ -1,15 +1,14 @@
-"""Where a sweep's Optuna study lives, and how workers share it safely.
+"""Where a study lives and how workers share it: storages, dead workers' trials, and the study lock.
 
 - The default is a journal file under mlruns/, which Optuna supports for several
   processes on one machine (a single SQLite file is not safe for parallel writers).
 - `postgresql://...` shares a study across machines; a heartbeat marks the trials of
   dead workers failed so that they can be retried.
-- `StudyLock` makes all workers together start exactly n_trials trials, and lets
+- `study_lock` lets all workers together start exactly n_trials trials, and lets
   workers started at once open one study without racing to create it.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+from filelock import FileLock
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
@@ -87,8 +87,12 @@ def open_storage(url, heartbeat_interval, on_stale_trial):
                 heartbeat_stale_trial_callback=on_stale_trial,
             )
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise InputError(f"storage: cannot open {describe(url)}: {reason}") from None
+        raise InputError(f"storage: cannot open {describe(url)}: {_reason(error)}") from None
+
+
+def _reason(error):
+    """The first line of what the database driver said."""
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
 
 
 def worker_id():
@@ -134,64 +138,51 @@ def _alive(pid):
         return True
 
 
-class StudyLock:
-    """A lock across workers on one storage, on many machines too.
+@contextlib.contextmanager
+def study_lock(url, purpose, study_name=""):
+    """Held by one process at a time across every worker of the storage, on many machines too.
 
-    `StudyLock(url, study_name, "slots")` is held from the check "fewer than n_trials finished
-    or running" until the new trial exists, so that together the workers start exactly
-    n_trials trials. (Optuna's MaxTrialsCallback counts only finished trials and overshoots
-    by up to one per worker.) `StudyLock(url, "", "setup")` serializes opening a storage and a
-    study: workers started at once would otherwise race to create Optuna's tables.
-
+    `study_lock(url, "slots", study)` covers "count the trials, then create one", so that together
+    the workers start exactly n_trials trials (Optuna's MaxTrialsCallback counts only finished
+    trials and overshoots by up to one per worker). `study_lock(url, "setup")` serializes opening
+    a storage and a study: workers started at once would otherwise race to create Optuna's tables.
     A PostgreSQL advisory lock serves workers on many machines; a file lock serves one machine.
     """
+    if not url.startswith("postgresql"):
+        database = url.split("///", 1)[1] if url.startswith("sqlite") else (url or str(DEFAULT_JOURNAL))
+        path = Path(f"{Path(database).expanduser()}.{purpose}.lock")  # not Optuna's own .lock
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(path)
+            lock.acquire()
+        except OSError as error:
+            raise InputError(f"storage: cannot use {path}: {error.strerror or error}") from None
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    digest = hashlib.sha256(f"keras-mlflow-sweep:{purpose}:{study_name}".encode()).digest()
+    key = {"key": int.from_bytes(digest[:8], "big", signed=True)}
+    try:
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        raise InputError(f"storage: cannot open {describe(url)}: {_reason(error)}") from None
+    with connection:  # closing the connection also releases the lock, should the unlock fail
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
 
-    def __init__(self, url, study_name, purpose):
-        self._held = False
-        if url.startswith("postgresql"):
-            engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-            try:
-                self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            except sqlalchemy.exc.SQLAlchemyError as error:
-                reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-                raise InputError(f"storage: cannot open {describe(url)}: {reason}") from None
-            digest = hashlib.sha256(f"keras-mlflow-sweep:{purpose}:{study_name}".encode()).digest()
-            self._key = int.from_bytes(digest[:8], "big", signed=True)
-            self._file = None
-        else:
-            database = url.split("///", 1)[1] if url.startswith("sqlite") else (url or str(DEFAULT_JOURNAL))
-            lock_file = Path(f"{Path(database).expanduser()}.{purpose}.lock")  # not Optuna's own .lock
-            try:
-                lock_file.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(lock_file, "a")
-            except OSError as error:
-                raise InputError(f"storage: cannot use {lock_file}: {error.strerror or error}") from None
-            self._connection = None
 
-    def __enter__(self):
-        if self._file:
-            fcntl.flock(self._file, fcntl.LOCK_EX)
-        else:
-            self._connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
-        self._held = True
-        return self
+def heartbeat(trial, storage):
+    """Record the trial's heartbeat every heartbeat_interval while it runs (RDB storages only).
 
-    def release(self):
-        if not self._held:
-            return
-        self._held = False
-        if self._file:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-        else:
-            self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+    Study.optimize does this around each trial; the workers ask and tell instead, so that
+    counting and creating a trial happen under one lock. Optuna keeps the thread private.
+    """
+    from optuna.storages._heartbeat import get_heartbeat_thread
 
-    def __exit__(self, *exc_info):
-        self.release()
-
-    def close(self):
-        with contextlib.suppress(Exception):
-            self.release()
-        if self._file:
-            self._file.close()
-        else:
-            self._connection.close()
+    return get_heartbeat_thread(trial._trial_id, storage)

@@ -1,0 +1,216 @@
+"""One `sweep` command: open the study and its MLflow run, run the workers, report the best trial."""
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from experiments import InputError
+from pipelines import tracking
+from pipelines.sweeps import search_space, storage, study_run
+from pipelines.sweeps.callbacks import FailStaleTrial
+from pipelines.sweeps.settings import WORKER_SPEC_ENV, SweepSpec, objective_of
+from pipelines.sweeps.worker import run_worker
+from pipelines.train import prepare_data
+
+POLL_SECONDS = 1.0
+
+
+def plan(task, variant, settings, params, fixed_by_user):
+    """(space, params): what the sweep tunes, and every trial's fixed parameters."""
+    overrides = search_space.read_overrides(settings["search_space"]) if settings["search_space"] else None
+    return search_space.search_space(task, variant, params, overrides, fixed_by_user)
+
+
+def dry_run(task, variant, settings, params, fixed_by_user):
+    """Print what the sweep would run, as YAML, without opening a study or a run."""
+    space, params = plan(task, variant, settings, params, fixed_by_user)
+    storage.check(settings["storage"], settings["workers"])
+    shown = {name: value for name, value in settings.items() if name not in ("dry_run", "storage")}
+    print(
+        yaml.safe_dump(
+            {
+                "entry_point": task.qualified_name(variant),
+                "settings": {**shown, "storage": storage.describe(settings["storage"])},
+                "fixed": {name: value for name, value in params.items() if name not in space},
+                "search_space": search_space.as_file_entries(space),
+            },
+            sort_keys=False,
+        ),
+        end="",
+    )
+    tracking.mark_pending_run_dry()
+    return 0
+
+
+def run_sweep(task, variant, settings, params, fixed_by_user):
+    """Run (or resume) a sweep to n_trials finished trials; return the process exit code."""
+    entry_point = task.qualified_name(variant)
+    space, params = plan(task, variant, settings, params, fixed_by_user)
+    storage.check(settings["storage"], settings["workers"])
+    splits = prepare_data(task, variant, params)  # bad data fails here, before a study or run exists
+    metric, direction = objective_of(task, splits)
+    study_name = settings["study_name"] or entry_point
+
+    if os.environ.get("MLFLOW_RUN_ID") and storage.has_password(settings["storage"]):
+        print(
+            "warning: mlflow run logged -P storage as given, password included; "
+            "pass the password in PGPASSWORD (or ~/.pgpass) instead",
+            file=sys.stderr,
+        )
+    experiment_id = tracking.use_experiment(settings["experiment"], task.name)
+    client = mlflow.MlflowClient()
+    on_stale = FailStaleTrial(experiment_id, study_name)
+    # Workers started at once (compose --scale, a cluster job) would race to create the tables and the run.
+    with storage.study_lock(settings["storage"], "setup"):
+        study_storage = storage.open_storage(settings["storage"], settings["heartbeat_interval"], on_stale)
+        study = _create_or_resume(study_storage, study_name, direction, entry_point)
+        parent_run_id = study_run.open_study_run(client, study, experiment_id, task, variant)
+        session = study.user_attrs.get("sessions", 0)
+        study.set_user_attr("sessions", session + 1)
+    study_run.log_settings(client, parent_run_id, settings, study_name, f"{direction} {metric}", space, params)
+    finished, _ = storage.trial_counts(study)
+    where = storage.describe(settings["storage"])
+    print(
+        f"sweep {study_name}: {finished} of {settings['n_trials']} trials finished so far; "
+        f"storage {where}; MLflow run {parent_run_id}\nwatch it: mlflow ui, or optuna-dashboard {where}",
+        flush=True,
+    )
+    spec = SweepSpec(
+        entry_point=entry_point,
+        params=params,
+        space=search_space.describe(space),
+        study_name=study_name,
+        storage=settings["storage"],
+        n_trials=settings["n_trials"],
+        deadline=time.time() + settings["timeout"] if settings["timeout"] else None,
+        sampler=settings["sampler"],
+        pruner=settings["pruner"],
+        pruner_startup_trials=settings["pruner_startup_trials"],
+        pruner_warmup_epochs=settings["pruner_warmup_epochs"],
+        heartbeat_interval=settings["heartbeat_interval"],
+        trials_per_process=settings["trials_per_process"],
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        session=session,
+    )
+    # One worker that needs no fresh process trains here: a short sweep doesn't pay for starting one.
+    in_process = settings["workers"] == 1 and (
+        not spec.trials_per_process or spec.n_trials - finished <= spec.trials_per_process
+    )
+    status, problems = "FAILED", []
+    try:
+        if in_process:
+            run_worker(spec, splits)
+        del splits  # each worker process loads its own
+        if not in_process or _wants_trials(study, spec):  # failed trials were retried past trials_per_process
+            problems = _run_worker_processes(spec, settings["workers"], study, launched=int(in_process))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        with storage.study_lock(spec.storage, "slots", spec.study_name):
+            storage.fail_stale_trials(study, spec.storage, on_stale)  # trials of workers that died
+        finished, _ = storage.trial_counts(study)
+        if status == "FINISHED" and problems and finished < spec.n_trials:
+            status = "FAILED"
+        study_run.finish_study_run(client, parent_run_id, study, status)
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        _print_summary(study, spec, task, metric)
+    return 0 if status == "FINISHED" else 1
+
+
+def _create_or_resume(study_storage, study_name, direction, entry_point):
+    study = optuna.create_study(study_name=study_name, storage=study_storage, direction=direction, load_if_exists=True)
+    owner = study.user_attrs.get("entry_point")
+    if owner is None:
+        study.set_user_attr("entry_point", entry_point)
+    elif owner != entry_point:
+        raise InputError(f"study_name: study '{study_name}' sweeps {owner}, not {entry_point}; choose another name")
+    if study.direction.name.lower() != direction:
+        raise InputError(f"study_name: study '{study_name}' was created to {study.direction.name.lower()}")
+    return study
+
+
+def _run_worker_processes(spec, count, study, launched):
+    """Keep `count` worker processes running until the study is done; return what went wrong, if anything.
+
+    A worker that ends well (exit code 0) while the study still wants trials has run its
+    trials_per_process: a fresh process takes its place. One that fails is reported, not replaced.
+    `launched` counts the workers that ran before (in this process), so that no two share a seed.
+    """
+    threads = str(max(1, (os.cpu_count() or 1) // count))  # share the cores instead of each worker using them all
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        "MLFLOW_EXPERIMENT_ID": spec.experiment_id,
+        "TF_NUM_INTRAOP_THREADS": threads,
+        "OMP_NUM_THREADS": threads,
+    }
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    launches = itertools.count(launched)
+
+    def launch():
+        # Each process gets its own index, so that its sampler's seed differs from every other's.
+        env[WORKER_SPEC_ENV] = SweepSpec(**{**vars(spec), "worker_index": next(launches)}).to_env()
+        return subprocess.Popen([sys.executable, "-m", "pipelines", "sweep-worker"], env=env)
+
+    running, problems = {slot: launch() for slot in range(count)}, []
+    try:
+        while running:
+            time.sleep(POLL_SECONDS)
+            for slot, worker in list(running.items()):
+                code = worker.poll()  # poll() each one: it reaps the dead
+                if code is None:
+                    continue
+                del running[slot]
+                if code < 0:
+                    problems.append(f"worker {slot} (pid {worker.pid}) was killed by {signal.Signals(-code).name}")
+                elif code:
+                    problems.append(f"worker {slot} (pid {worker.pid}) stopped with exit code {code}")
+                elif _wants_trials(study, spec):
+                    running[slot] = launch()
+    except KeyboardInterrupt:
+        for worker in running.values():
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in running.values():
+            worker.wait()
+        raise
+    return problems
+
+
+def _wants_trials(study, spec):
+    finished, _ = storage.trial_counts(study)
+    return finished < spec.n_trials and (spec.deadline is None or time.time() < spec.deadline)
+
+
+def _print_summary(study, spec, task, metric):
+    states = storage.state_counts(study)
+    finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+    print(
+        f"study {spec.study_name}: {finished} of {spec.n_trials} trials finished "
+        f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
+        f"{states[TrialState.FAIL]} failed)"
+    )
+    best = study_run.best_trial(study)
+    if best is None:
+        return
+    print(f"best trial {best.number}: {study_run.describe_trial(best, metric)}")
+    run_id = best.user_attrs.get("mlflow_run_id")
+    print(
+        f"its MLflow run: {run_id}; {task.primary_metric} {best.user_attrs.get(task.primary_metric, float('nan')):.4f}"
+    )
+    print(
+        "promote it to the model registry (champion if it beats the current one):\n"
+        f"  mlflow run . -e promote --env-manager local -P task={spec.entry_point} -P run_id={run_id}"
+    )
