@@ -19,7 +19,7 @@ from experiments import InputError, entry_points
 from pipelines.cli import main
 from pipelines.params import declared_params, parse_params
 from pipelines.sweeps import search_space as spaces
-from pipelines.sweeps.storage import open_storage
+from pipelines.sweeps.storage import open_storage, worker_id
 from tests.helpers import PROJECT, mlflow_run, options, runs
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -238,13 +238,17 @@ def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(store, tiny, tmp_pa
     for learning_rate in (1e6, 0.05, 0.02):  # SGD at 1e6 overflows to inf, then NaN
         study.enqueue_trial({"learning_rate": learning_rate})
     space = '{"learning_rate": {"low": 0.01, "high": 1.0e+6, "log": true}, "optimizer": "sgd"}'
+    # Two trials fit in the sweep's own process; the retry of the failed one takes a fresh process.
     result = sweep(
         *tiny.argv("linear", epochs=3),
         *options(storage=journal, study_name="line", n_trials=2, pruner="none", search_space=space),
+        *options(trials_per_process=2),
     )
     assert result == 0
     study = optuna.load_study(study_name="line", storage=open_storage(journal, 10, None))
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    workers = [trial.user_attrs["worker"] for trial in study.trials]
+    assert workers[0] == workers[1] == worker_id() != workers[2]
     trials = trial_runs_by_number(store)
     assert trials[0][0].info.status == "FAILED" and trials[0][0].data.tags["optuna.trial_state"] == "FAIL"
     (parent,) = study_runs(store, "study")
