@@ -16,6 +16,9 @@ from mlflow.utils.git_utils import get_git_commit
 INPUT_EXAMPLE_ROWS = 2
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 DRY_RUN_TAG = "dry_run"
+# How SQLite and PostgreSQL report a second insert of a dataset's key (experiment, name, digest).
+DATASET_KEY_VIOLATIONS = ("UNIQUE constraint failed: datasets.", '"dataset_pk"')
+DATASET_RACE_RETRIES = 3
 # The packages a logged model needs to load; naming them skips MLflow's slow inference.
 BACKEND_PACKAGES = {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}
 
@@ -113,12 +116,28 @@ def log_splits(splits, name):
     inputs = [("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)]
     if splits.x_val is not None:
         inputs.insert(1, ("validation", splits.x_val, splits.y_val))
-    digests = {}
+    digests, datasets = {}, []
     for context, features, targets in inputs:
         dataset = mlflow.data.from_numpy(features, targets=targets, source=splits.source, name=f"{name}-{context}")
-        mlflow.log_input(dataset, context=context)
+        datasets.append(dataset)
         digests[context] = dataset.digest
+    log_inputs_racing(datasets, contexts=list(digests))
     return digests
+
+
+def log_inputs_racing(datasets, contexts):
+    """Log dataset inputs while other runs may be logging the same new datasets.
+
+    MLflow looks a dataset up, then inserts it: two sweep workers logging the same new
+    dataset at once can both miss it, and the loser's insert breaks the unique key. That
+    transaction is rolled back whole, so logging again finds the winner's row."""
+    for attempt in range(DATASET_RACE_RETRIES + 1):
+        try:
+            return mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(datasets))
+        except mlflow.MlflowException as error:
+            lost_the_race = any(marker in str(error) for marker in DATASET_KEY_VIOLATIONS)
+            if not lost_the_race or attempt == DATASET_RACE_RETRIES:
+                raise
 
 
 def log_model(model, examples, outputs):

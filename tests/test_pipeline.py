@@ -1,6 +1,7 @@
 """Every entry point trains through the one pipeline into a real MLflow store (1 epoch, tiny data)."""
 
 import json
+import threading
 
 import mlflow
 import numpy as np
@@ -13,6 +14,7 @@ from experiments.churn import load_churn
 from experiments.emotion import load_fer2013
 from experiments.linear import load_line
 from experiments.mnist import load_mnist
+from pipelines.tracking import log_inputs_racing
 from pipelines.train import (
     STEPS_PER_EXECUTION,
     build_model,
@@ -108,6 +110,45 @@ def test_linear_logs_the_learned_line(store, tiny):
     splits = load_line(None, seed=42)
     errors = logged_model(result).predict(splits.x_test, verbose=0)[:, 0] - splits.y_test[:, 0]
     assert logged["test_mse"] == pytest.approx(float(np.mean(errors**2)), rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_runs_logging_the_same_new_dataset_at_once_all_record_it(backend, store, request, monkeypatch):
+    """Sweep workers start trials together, and MLflow looks a dataset up before inserting it:
+    without the retry, most rounds of this race fail an insert on the datasets' unique key."""
+    if backend == "postgres":
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+        mlflow.set_tracking_uri(request.getfixturevalue("postgres_url"))
+        mlflow.set_experiment("race")
+        store = mlflow.MlflowClient()
+    racers, rounds = 6, 5
+    errors, run_ids = [], []
+
+    def log_from_own_run(dataset, barrier):
+        with mlflow.start_run() as run:  # MLflow's active run is per thread
+            run_ids.append(run.info.run_id)
+            barrier.wait()
+            try:
+                log_inputs_racing([dataset], contexts=["train"])
+            except mlflow.MlflowException as error:
+                errors.append(error)
+
+    for round_ in range(rounds):
+        dataset = mlflow.data.from_numpy(np.full((4, 2), round_, dtype="float32"), name=f"race-{round_}")
+        barrier = threading.Barrier(racers)
+        threads = [threading.Thread(target=log_from_own_run, args=(dataset, barrier)) for _ in range(racers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    assert errors == []
+    for run_id in run_ids:
+        (logged,) = store.get_run(run_id).inputs.dataset_inputs
+        assert logged.dataset.name.startswith("race-") and {t.key: t.value for t in logged.tags} == {
+            "mlflow.data.context": "train"
+        }
+    assert len(run_ids) == racers * rounds
 
 
 @pytest.mark.slow
