@@ -116,13 +116,13 @@ def log_splits(splits, name):
     inputs = [("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)]
     if splits.x_val is not None:
         inputs.insert(1, ("validation", splits.x_val, splits.y_val))
-    digests, datasets = {}, []
-    for context, features, targets in inputs:
-        dataset = mlflow.data.from_numpy(features, targets=targets, source=splits.source, name=f"{name}-{context}")
-        datasets.append(dataset)
-        digests[context] = dataset.digest
-    log_inputs_racing(datasets, contexts=list(digests))
-    return digests
+    contexts = [context for context, _, _ in inputs]
+    datasets = [
+        mlflow.data.from_numpy(features, targets=targets, source=splits.source, name=f"{name}-{context}")
+        for context, features, targets in inputs
+    ]
+    log_inputs_racing(datasets, contexts)
+    return {context: dataset.digest for context, dataset in zip(contexts, datasets, strict=True)}
 
 
 def log_inputs_racing(datasets, contexts):
