@@ -135,7 +135,7 @@ def test_runs_logging_the_same_new_dataset_at_once_all_record_it(backend, store,
 
     for round_ in range(rounds):
         dataset = mlflow.data.from_numpy(np.full((4, 2), round_, dtype="float32"), name=f"race-{round_}")
-        barrier = threading.Barrier(racers)
+        barrier = threading.Barrier(racers, timeout=60)  # a racer that fails to start breaks it, not hangs it
         threads = [threading.Thread(target=log_from_own_run, args=(dataset, barrier)) for _ in range(racers)]
         for thread in threads:
             thread.start()
