@@ -31,7 +31,7 @@ from report import write_results  # noqa: E402  (benchmarks/report.py, beside th
 
 from experiments import resolve  # noqa: E402
 from pipelines.params import parse_params  # noqa: E402
-from pipelines.train import STEPS_PER_EXECUTION, build_model, prepare_data, train, training_batches  # noqa: E402
+from pipelines.train import STEPS_PER_EXECUTION, ShuffledBatches, build_model, prepare_data, train  # noqa: E402
 
 OUT = PROJECT / "benchmarks" / "out"
 REPORT = PROJECT / "benchmarks" / "performance.md"
@@ -178,18 +178,20 @@ def pipeline_train(task, variant, params, splits, per_epoch_test, watcher):
 
 def feed(task, variant, params, splits, source, steps_per_execution):
     """Train steps without validation, fed from the loader's arrays by Keras' adapter, by the
-    pipeline's `training_batches`, or from tensors cached in memory (the input's ceiling)."""
+    pipeline's `ShuffledBatches`, or from tensors cached in memory (the input's ceiling)."""
     keras.utils.set_random_seed(params["seed"])
     model = build_model(task, variant, params, splits, steps_per_execution=steps_per_execution)
-    clock = EpochClock()
+    callbacks = [EpochClock()]
     if source == "arrays":  # Keras' own array adapter
         data = {"x": splits.x_train, "y": splits.y_train, "batch_size": params["batch_size"]}
     elif source == "pipeline":
-        data = {"x": training_batches(splits.x_train, splits.y_train, params["batch_size"], params["seed"])}
+        shuffled = ShuffledBatches(splits.x_train, splits.y_train, params["batch_size"], params["seed"])
+        data, callbacks = {"x": shuffled.dataset}, [*callbacks, shuffled]
     else:
         batches = tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train)).batch(params["batch_size"])
         data = {"x": batches.cache()}  # filled in the first epoch; later ones read tensors in memory
-    model.fit(**data, epochs=params["epochs"], callbacks=[clock], verbose=0)
+    model.fit(**data, epochs=params["epochs"], callbacks=callbacks, verbose=0)
+    clock = callbacks[0]
     return {"epoch_seconds": clock.seconds, "flops": training_flops(model)}
 
 
@@ -436,7 +438,7 @@ def report_sections(r):
     if "throughput" in r:
         t = r["throughput"]
         lines.append(
-            f"| Input pipeline: `mnist_cnn` train steps/s fed by the pipeline's `training_batches` from the "
+            f"| Input pipeline: `mnist_cnn` train steps/s fed by the pipeline's `ShuffledBatches` from the "
             f"loader's arrays, against tensors cached in memory | {t['in_memory_steps_s']:.1f} steps/s (cached) "
             f"| {t['loader_steps_s']:.1f} steps/s | {t['input_ratio']:.3f} | ≥ {TARGETS['input']} "
             f"| {met(t['input_ratio'], TARGETS['input'], higher_is_better=True)} |"
@@ -458,7 +460,7 @@ def report_sections(r):
             ("stock", "Stock Keras `fit` (steps_per_execution 1)"),
             (
                 "loader",
-                f"Our pipeline: its input (`training_batches`) and compile (steps_per_execution {STEPS_PER_EXECUTION})",
+                f"Our pipeline: its input (`ShuffledBatches`) and compile (steps_per_execution {STEPS_PER_EXECUTION})",
             ),
             ("in_memory", "The same, fed from cached tensors"),
         ):

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Hand secrets mounted as files (compose secrets) to the libraries through their own
-# environment variables, so that no URI, argument, param or log line holds them:
+# environment variables, then run the command under docker/supervise.py, which passes a
+# stop on to all of it and waits for all of it. No URI, argument, param or log line holds a secret:
 #   POSTGRES_PASSWORD_FILE              -> PGPASSWORD (libpq: MLflow's backend store, Optuna's storage)
 #   MLFLOW_TRACKING_PASSWORD_FILE       -> MLFLOW_TRACKING_PASSWORD (clients of a basic-auth server)
 #   MLFLOW_AUTH_ADMIN_PASSWORD_FILE     -> MLFLOW_AUTH_ADMIN_PASSWORD (the basic-auth server's admin)
@@ -24,4 +25,4 @@ from_file MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_AUTH_ADMIN_PASSWORD_FILE
 from_file MLFLOW_FLASK_SERVER_SECRET_KEY MLFLOW_FLASK_SERVER_SECRET_KEY_FILE
 unset file value
 
-exec "$@"
+exec python "$(dirname "$0")/supervise.py" "$@"

@@ -74,7 +74,7 @@ class Param:
 
     def parse(self, name, raw):
         """`raw` (a value or its text) as this parameter's type, refused in one line that names `name`."""
-        text = str(raw).strip()
+        text = str(raw).strip(" \t\r\n")  # what float() would not take, such as control characters, stays
         try:
             value = _convert(self.type, raw, text)
         except ValueError:

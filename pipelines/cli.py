@@ -17,20 +17,21 @@ from dataclasses import dataclass
 import yaml
 
 from experiments import InputError, Param, RunFailed, entry_points, resolve
-from pipelines import compare, registry, workflow
-from pipelines.params import DRY_RUN, ENTRY_POINT_SETTINGS, EXPERIMENT, declared_params, parse_params, recipe
+from pipelines import compare, liveness, registry, stopping, workflow
+from pipelines.params import (
+    DRY_RUN,
+    ENTRY_POINT_SETTINGS,
+    EXPERIMENT,
+    RESUME,
+    SYSTEM_METRICS_INTERVAL,
+    declared_params,
+    parse_params,
+    recipe,
+)
 from pipelines.sweeps import settings as sweep_settings
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL"}
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C so the run ends KILLED instead of staying RUNNING."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"signal {signum}")
 
 
 # --- the commands: each a thin adapter from parsed settings to the module that does the work -----
@@ -39,14 +40,21 @@ def _raise_terminated(signum, frame):
 def train_command(settings, overrides):
     task, variant = resolve(settings["task"], settings["variant"])
     if settings["dry_run"]:
-        return _print_dry_run(recipe(task, variant, overrides))
+        plan = recipe(task, variant, overrides)
+        return _print_dry_run({**plan, "resume": settings["resume"]} if settings["resume"] else plan)
     params = parse_params(task, variant, overrides)
 
     from pipelines.tracking import use_experiment
     from pipelines.train import train
 
     use_experiment(settings["experiment"], task.name)
-    result = train(task, variant, params)
+    result = train(
+        task,
+        variant,
+        params,
+        system_metrics_interval=settings["system_metrics_interval"],
+        resume_run_id=settings["resume"],
+    )
     print(f"run {result.run_id} finished: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
     return 0
 
@@ -63,9 +71,12 @@ def sweep_command(settings, overrides):
 def sweep_worker_command(settings, overrides):
     from pipelines.sweeps.worker import run_worker
 
+    if sweep_settings.WORKER_SPEC_ENV not in os.environ:
+        raise InputError("sweep-worker: started by `sweep` only; run `python -m pipelines sweep` instead")
     # Ctrl-C reaches the whole process group; the coordinator then stops its workers with
-    # one SIGTERM each, so a worker never gets a second signal while it ends its run.
+    # one SIGTERM each. A worker whose coordinator is gone (kill -9) stops too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stopping.watch_launcher(stopping.parent_launcher("its sweep coordinator"))
     run_worker(sweep_settings.SweepSpec.from_env())
     return 0
 
@@ -77,6 +88,11 @@ def promote_command(settings, overrides):
 
 def compare_command(settings, overrides):
     compare.run_comparison(settings["model"], settings["output"], settings["experiment"])
+    return 0
+
+
+def reap_command(settings, overrides):
+    liveness.reap(**settings)
     return 0
 
 
@@ -95,7 +111,13 @@ class Command:
     training_params: str = ""  # how the entry point's training parameters apply; empty: not taken
 
 
-TRAIN_SETTINGS = {**ENTRY_POINT_SETTINGS, "experiment": EXPERIMENT, "dry_run": DRY_RUN}
+TRAIN_SETTINGS = {
+    **ENTRY_POINT_SETTINGS,
+    "experiment": EXPERIMENT,
+    "resume": RESUME,
+    "system_metrics_interval": SYSTEM_METRICS_INTERVAL,
+    "dry_run": DRY_RUN,
+}
 FIXED_FOR_EVERY_TRIAL = "each one given is fixed for every trial instead of tuned"
 COMMANDS = {
     "train": Command(train_command, "train one entry point in a tracked MLflow run", TRAIN_SETTINGS, "its recipe"),
@@ -120,6 +142,11 @@ COMMANDS = {
         "sweep, promote and compare an entry point in one go, each step its own MLflow run",
         workflow.SETTINGS,
         FIXED_FOR_EVERY_TRIAL,
+    ),
+    "reap": Command(
+        reap_command,
+        "end the RUNNING runs whose process is gone (no heartbeat for --stale_after seconds) as FAILED",
+        liveness.SETTINGS,
     ),
     "sweep-worker": Command(sweep_worker_command, "(internal) a sweep's worker process", {}),
 }
@@ -228,7 +255,12 @@ def _print_dry_run(plan):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(word) for word in argv]
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    handlers = {signum: signal.getsignal(signum) for signum in stopping.STOP_SIGNALS}
+    unraisable_hook = sys.unraisablehook
+    stopping.handle_stop_signals()
+    launcher, launched_run_id = stopping.find_launcher(), os.environ.get("MLFLOW_RUN_ID")
+    if launcher:
+        stopping.watch_launcher(launcher)
     try:
         try:
             name, settings, overrides = parse_command_line(argv)
@@ -241,13 +273,20 @@ def main(argv=None):
         return _stop(f"error: {error}", "FAILED", EXIT_BAD_INPUT)
     except RunFailed as error:
         return _stop(f"error: {error}", "FAILED", EXIT_FAILED)
-    except KeyboardInterrupt as interrupt:
-        return _stop(f"interrupted ({interrupt or 'Ctrl-C'}): the run ended KILLED", "KILLED", EXIT_INTERRUPTED)
+    except KeyboardInterrupt as stop:
+        code = _stop(f"stopped ({stop or 'SIGINT'}): the run ended KILLED", "KILLED", EXIT_INTERRUPTED)
+        # `mlflow run` will overwrite KILLED with FAILED once this process exits: put it back then.
+        stopping.keep_status(launcher, launched_run_id, "KILLED")
+        return code
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = unraisable_hook
 
 
 def _stop(message, status, code):
     """One line on stderr, and the run `mlflow run` created for us ended with `status`."""
-    print(message, file=sys.stderr)
+    print(message, file=sys.stderr, flush=True)
     if os.environ.get("MLFLOW_RUN_ID"):
         from pipelines.tracking import end_pending_run
 

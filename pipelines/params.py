@@ -25,6 +25,13 @@ TRAINING_PARAMS = {
     "seed": Param(int, 42, "seeds Python, NumPy, Keras and the data splits", ge=0),
     "max_samples": Param(int, 0, "train on this many examples; 0 uses all", ge=0),
     "validation_fraction": Param(float, 0.1, "share of the training data held out to validate", ge=0, lt=1),
+    "patience": Param(
+        int,
+        0,
+        "stop once the validation metric has not improved for this many epochs, keeping the best epoch's "
+        "weights; 0: never",
+        ge=0,
+    ),
     "data": Param(str, "", "the data file or folder; empty: the task's usual place"),
 }
 # Settings of the commands that run an entry point: train, sweep, promote, workflow.
@@ -34,6 +41,16 @@ ENTRY_POINT_SETTINGS = {
 }
 EXPERIMENT = Param(str, "", "the MLflow experiment; empty: $MLFLOW_EXPERIMENT_NAME (or _ID), else the task's name")
 DRY_RUN = Param(bool, False, "print the merged recipe as YAML and exit without starting a run")
+RESUME = Param(
+    str,
+    "",
+    "continue this run (its id) from its last checkpoint: a KILLED, FAILED or lost run, or a FINISHED one "
+    "given more epochs; its other parameters must be the run's",
+    pattern="[0-9a-fA-F]*",
+)
+SYSTEM_METRICS_INTERVAL = Param(
+    int, 10, "seconds between samples of MLflow's system metrics (CPU, memory, disk, network, GPU); 0: none", ge=0
+)
 # Where an entry point's defaults come from, weakest first; the user's values override all.
 DEFAULT_SOURCES = ("common", "task", "variant")
 

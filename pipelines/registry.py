@@ -108,7 +108,8 @@ def _candidate(run, metric):
     ready = [model for model in models if model.status == LoggedModelStatus.READY]
     if not ready:
         raise InputError(f"run_id: run {run_id} has no logged model (its model failed to log)")
-    return Candidate(run, ready[0].model_id, metric, run.data.metrics[metric])
+    latest = max(ready, key=lambda model: model.creation_timestamp)  # a resumed run logged one more
+    return Candidate(run, latest.model_id, metric, run.data.metrics[metric])
 
 
 # --- registering and gating -------------------------------------------------------------

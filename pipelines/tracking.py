@@ -2,66 +2,165 @@
 
 import contextlib
 import importlib.metadata
+import logging
 import os
 import signal
+import sqlite3
 import time
+from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
 import mlflow
 import optuna
+from filelock import FileLock
+from mlflow.entities import RunTag
 from mlflow.models import Model, infer_signature
 from mlflow.utils.git_utils import get_git_commit
 
+from pipelines import liveness, stopping
+
 INPUT_EXAMPLE_ROWS = 2
+SQLITE_BUSY_SECONDS = 20  # as long as MLflow's own sessions wait for a busy SQLite database
+END_RUN_RETRIES = 5  # a run's last writes, tried again while the store is briefly unavailable (0.5 s, 1 s, ...)
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 DRY_RUN_TAG = "dry_run"
 # How SQLite and PostgreSQL report a second insert of a dataset's key (experiment, name, digest).
 DATASET_KEY_VIOLATIONS = ("UNIQUE constraint failed: datasets.", '"dataset_pk"')
 DATASET_RACE_RETRIES = 3
+# MLflow announces the start and end of every run's system metrics at INFO.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+# MLflow logs each "database is locked" with a traceback before raising it. The writes that
+# must not be lost are retried (`retrying`), and an error that persists still reaches the
+# command as an exception.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # The packages a logged model needs to load; naming them skips MLflow's slow inference.
 BACKEND_PACKAGES = {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}
 
 
-def enable_autolog():
-    """Autolog params, per-epoch metrics, the optimizer and the model summary.
+class RunSummary(mlflow.keras.MlflowCallback):
+    """MLflow's Keras callback, the one `mlflow.keras.autolog` adds to `fit`, for what it logs
+    as training begins: the optimizer's configuration as params and the model summary.
 
-    Keras 3 autologging ignores input examples, so the model is logged by `log_model`
-    below, with signature and input example; datasets are logged with their real
-    source and all three splits rather than autolog's training-only entry.
+    What else autolog does is done elsewhere, so that a run never lies after a SIGKILL:
+    - Per-epoch metrics are logged with each checkpoint (`checkpoints.RunCheckpoint`), never
+      ahead of it: autolog's, queued at every epoch end, would be lost to a kill, or logged a
+      second time by the resumed training that recomputes the epochs after the checkpoint.
+    - The `validation_*` copies autolog logs at every evaluation's end (with no step) are
+      left out: the per-epoch `val_*` metrics hold the same numbers.
+    - `fit`'s arguments are not logged as params: ours are (`epochs`, `batch_size`, ...),
+      and a resumed run given more epochs could not log `epochs` again.
+    - The model is logged by `log_model`, with signature and input example; the datasets by
+      `log_datasets`, with their real source and all three splits.
     """
-    mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_test_end(self, logs=None):
+        pass
+
+
+def open_store():
+    """Open the tracking store, creating it under a file lock beside a SQLite database:
+    commands started at the same moment on a new store would race to create its tables
+    ("table experiments already exists").
+
+    A SQLite store is also switched to write-ahead logging, once (the mode stays with the
+    file): sweep workers, system metrics and heartbeats write from many processes and
+    threads at once, and in SQLite's default mode a writer that finds a reader in its way
+    can fail at once with "database is locked" instead of waiting its turn.
+    """
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{database}.lock"):
+            mlflow.MlflowClient().search_experiments(max_results=1)
+            with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_SECONDS)) as connection:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _hold_stop_signals():
+    """Hold Ctrl-C and SIGTERM (a signal held is delivered once they are let through again);
+    returns the mask that lets them through."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, set(stopping.STOP_SIGNALS))
 
 
 @contextlib.contextmanager
-def mlflow_run(run_name, tags, parent_run_id=None):
+def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, run_id=None):
     """Start (or, under `mlflow run`, resume) an MLflow run that never stays RUNNING.
 
-    It ends FINISHED, FAILED on an exception, and KILLED on Ctrl-C or SIGTERM
-    (the entry point turns SIGTERM into KeyboardInterrupt) or when a sweep prunes it,
-    as MLflow's own Optuna storage marks pruned trials. Inside an active run, or
-    given `parent_run_id` (a sweep's study run), it starts a nested run.
+    It ends FINISHED, FAILED on an exception, and KILLED on a stop signal (tagged with its
+    cause) or when a sweep prunes it, as MLflow's own Optuna storage marks pruned trials.
+    While it runs, it carries its process's host and id and a heartbeat (`liveness`), and
+    MLflow's system metrics every `system_metrics_interval` seconds (0: none). Inside an
+    active run, or given `parent_run_id` (a sweep's study run), it starts a nested run;
+    given `run_id`, it resumes that run.
     """
     nested = mlflow.active_run() is not None
-    tags = {**code_version(), **tags}
-    # Hold Ctrl-C and SIGTERM while the run is created: arriving mid-creation, they would
-    # leave a RUNNING run no one ends. A signal held meanwhile is delivered inside the try.
-    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    tags = {**code_version(), **liveness.process_tags(), **tags}
+    if system_metrics_interval:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
+    # A stop signal arriving while the run is created would leave it RUNNING: it is held
+    # until the `try` below, which ends the run whatever happens.
+    unblocked = _hold_stop_signals()
     try:
-        run = mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id, tags=tags)
+        run = mlflow.start_run(
+            run_id=run_id,
+            run_name=run_name,
+            nested=nested,
+            parent_run_id=parent_run_id,
+            tags=tags,
+            log_system_metrics=bool(system_metrics_interval),
+        )
+        liveness.HEARTBEAT.add(run.info.run_id, mlflow.get_tracking_uri())
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         raise
+    status, tags = "FAILED", {}
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)  # a held signal arrives here, inside the try
         yield run
-    except (KeyboardInterrupt, optuna.TrialPruned):
-        mlflow.end_run("KILLED")
+        status = "FINISHED"
+    except optuna.TrialPruned:
+        status = "KILLED"
         raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except KeyboardInterrupt as stop:
+        status, tags = "KILLED", {stopping.STOP_CAUSE_TAG: str(stop) or "SIGINT"}
         raise
-    mlflow.end_run("FINISHED")
+    finally:
+        _hold_stop_signals()  # nor while it ends; a signal then is delivered once it has ended
+        try:
+            liveness.HEARTBEAT.remove(run.info.run_id)
+            end_run(status, tags)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+
+
+def end_run(status, tags=None):
+    """End the active run with `status` (and `tags`), trying again while the store is busy:
+    a run's end must not be lost to a moment of contention."""
+    run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
+    if tags:
+        retrying(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+    retrying(lambda: client.set_terminated(run_id, status))
+    try:
+        mlflow.end_run(status)  # pops the run and stops its system metrics; its write repeats the one above
+    except mlflow.MlflowException:
+        pass  # the status is recorded already
+
+
+def retrying(write):
+    """`write()`, tried again while the store answers that it is briefly unavailable."""
+    for attempt in range(END_RUN_RETRIES + 1):
+        try:
+            return write()
+        except mlflow.MlflowException as error:
+            if error.error_code != "TEMPORARILY_UNAVAILABLE" or attempt == END_RUN_RETRIES:
+                raise
+            time.sleep(0.5 * 2**attempt)
 
 
 def code_version():
@@ -74,6 +173,7 @@ def code_version():
 def use_experiment(requested, default_name):
     """Make the experiment current and return its id: the one `mlflow run` chose, else
     `requested`, else MLFLOW_EXPERIMENT_ID/_NAME from the environment, else `default_name`."""
+    open_store()
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
         return mlflow.MlflowClient().get_run(run_id).info.experiment_id
@@ -91,6 +191,16 @@ def end_pending_run(status="FAILED"):
         client = mlflow.MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, status)
+
+
+def point_pending_run_to(run_id):
+    """Under `mlflow run -P resume=<id>`, the run MLflow created stays empty: the training
+    goes on in run <id>. Say so on it (MLflow ends it itself; it cannot be deleted)."""
+    pending = os.environ.get("MLFLOW_RUN_ID")
+    if pending and pending != run_id:
+        client = mlflow.MlflowClient()
+        client.set_tag(pending, "resume.run_id", run_id)
+        client.set_tag(pending, "mlflow.note.content", f"This launch resumed run {run_id}, where the training went on.")
 
 
 def mark_pending_run_dry():
@@ -111,18 +221,20 @@ def log_new_params(params):
     mlflow.log_params({name: value for name, value in params.items() if name not in logged})
 
 
-def log_splits(splits, name):
-    """Each split as a dataset input: name, source, digest, schema and context."""
+def split_datasets(splits, name):
+    """{context: MLflow dataset} of each split: name, source, digest and schema."""
     inputs = [("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)]
     if splits.x_val is not None:
         inputs.insert(1, ("validation", splits.x_val, splits.y_val))
-    contexts = [context for context, _, _ in inputs]
-    datasets = [
-        mlflow.data.from_numpy(features, targets=targets, source=splits.source, name=f"{name}-{context}")
+    return {
+        context: mlflow.data.from_numpy(features, targets=targets, source=splits.source, name=f"{name}-{context}")
         for context, features, targets in inputs
-    ]
-    log_inputs_racing(datasets, contexts)
-    return {context: dataset.digest for context, dataset in zip(contexts, datasets, strict=True)}
+    }
+
+
+def log_datasets(datasets):
+    """Each split's dataset as an input of the active run, with its context."""
+    log_inputs_racing(list(datasets.values()), list(datasets))
 
 
 def log_inputs_racing(datasets, contexts):
@@ -179,18 +291,3 @@ class _KerasFlavor:
 def log_figure(figure, artifact_file):
     mlflow.log_figure(figure, artifact_file)
     plt.close(figure)  # sweeps train many models in one process
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Log each epoch's wall time as it ends, so slow epochs show in the UI live."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-        mlflow.log_metric("epoch_time_s", self.seconds[-1], step=epoch, synchronous=False)

@@ -1,10 +1,12 @@
 """The one training pipeline every task and variant runs through, for plain runs and sweeps.
 
 Steps are plain functions: prepare_data -> build_model -> fit_model -> evaluate_model;
-`train` chains them inside an MLflow run and logs what autologging does not.
+`train` chains them inside an MLflow run, checkpointed after every epoch (and resumed from
+a checkpoint when asked), and logs what autologging does not.
 """
 
 import math
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -13,11 +15,12 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import optuna
 import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
 from experiments import RunFailed
-from pipelines import reporting, tracking
+from pipelines import checkpoints, reporting, resume, stopping, tracking
 from pipelines.params import knob_values
 
 EVALUATION_BATCH_SIZE = 1024
@@ -44,6 +47,13 @@ class TrainResult:
     model_id: str
     metrics: dict
     history: dict
+
+
+def monitored_metric(task, splits):
+    """(metric, direction): what sweeps optimize and early stopping watches after every
+    epoch: the validation metric when the task validates, else the training one."""
+    metric, direction = ("loss", "minimize") if task.kind == "regression" else ("accuracy", "maximize")
+    return (f"val_{metric}" if splits.x_val is not None else metric), direction
 
 
 def seed_everything(seed):
@@ -91,7 +101,10 @@ def build_model(task, variant, params, splits, steps_per_execution=STEPS_PER_EXE
     if params["lr_schedule"] == "cosine":
         steps_per_epoch = math.ceil(len(splits.x_train) / params["batch_size"])
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, params["epochs"] * steps_per_epoch)
-    optimizer = keras.optimizers.get({"class_name": params["optimizer"], "config": {"learning_rate": learning_rate}})
+    # Named as the parameter: Keras would number a process's later optimizers (adam_2), and
+    # autolog's optimizer_name param would then change when a run is resumed, which MLflow refuses.
+    config = {"learning_rate": learning_rate, "name": params["optimizer"]}
+    optimizer = keras.optimizers.get({"class_name": params["optimizer"], "config": config})
     model.compile(
         optimizer=optimizer,
         loss=LOSSES[task.kind],
@@ -101,23 +114,48 @@ def build_model(task, variant, params, splits, steps_per_execution=STEPS_PER_EXE
     return model
 
 
-def training_batches(features, targets, batch_size, seed):
-    """Batches of the training split, reshuffled every epoch. Shuffling indices and
-    gathering keeps no second copy of the data in the shuffle buffer. The pipeline is simpler,
-    so cheaper to start every epoch, than the one Keras builds around arrays, which cost
-    `xor` a third of its training time."""
-    features, targets = tf.constant(features), tf.constant(targets)
-    indices = tf.data.Dataset.range(len(features)).shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
-    batches = indices.batch(batch_size).map(
-        lambda batch: (tf.gather(features, batch), tf.gather(targets, batch)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    batches = batches.prefetch(tf.data.AUTOTUNE)
-    batches._batch_size = batch_size  # where MLflow's Keras autolog looks for a dataset's batch size
-    return batches
+class ShuffledBatches(keras.callbacks.Callback):
+    """Batches of the training split, in an order drawn from (seed, epoch) alone.
+
+    The order depends on the epoch's number, not on how many epochs this process has run,
+    so a resumed training sees each epoch's batches in the order an uninterrupted one did.
+    Shuffling indices and gathering keeps no second copy of the data in a shuffle buffer,
+    and the pipeline is cheaper to start every epoch than the one Keras builds around
+    arrays, which cost `xor` a third of its training time. Pass it to `fit` as a callback
+    too: it sets the epoch before each one starts.
+    """
+
+    def __init__(self, features, targets, batch_size, seed):
+        super().__init__()
+        features, targets, self.seed, self.count = tf.constant(features), tf.constant(targets), seed, len(features)
+        self.order = tf.Variable(tf.range(self.count, dtype=tf.int64), trainable=False)  # this epoch's
+
+        def gather(positions):
+            examples = tf.gather(self.order, positions)
+            return tf.gather(features, examples), tf.gather(targets, examples)
+
+        batches = tf.data.Dataset.range(self.count).batch(batch_size)
+        self.dataset = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        self.dataset._batch_size = batch_size  # where MLflow's Keras autolog looks for a dataset's batch size
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Before the epoch's iterator starts reading: Keras creates it after this call.
+        self.order.assign(np.random.default_rng([self.seed, epoch]).permutation(self.count))
+
+
+class CheckStop(keras.callbacks.Callback):
+    """Stops a training after the execution of steps under way once a stop signal has come
+    (`train` defers stops to it: see `stopping`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        stopping.raise_if_stopped()
+
+    on_test_batch_end = on_predict_batch_end = on_epoch_end = on_train_batch_end
 
 
 def fit_model(model, splits, params, callbacks=()):
+    """Fit for params["epochs"] epochs (from the epoch a restored checkpoint reached); Keras' history of this fit."""
+    batches = ShuffledBatches(splits.x_train, splits.y_train, params["batch_size"], params["seed"])
     validation = None
     if splits.x_val is not None:
         validation = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(EVALUATION_BATCH_SIZE)
@@ -127,19 +165,22 @@ def fit_model(model, splits, params, callbacks=()):
         history = model.fit(
             # Finite, not repeated: Keras ends each epoch when the data does. Given steps_per_epoch
             # instead, it would run whole executions of 32 steps past the epoch's end.
-            training_batches(splits.x_train, splits.y_train, params["batch_size"], params["seed"]),
+            batches.dataset,
             validation_data=validation,
             epochs=params["epochs"],
-            callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
+            callbacks=[batches, CheckStop(), keras.callbacks.TerminateOnNaN(), *callbacks],
             verbose=2,
         )
-    losses = history.history["loss"]
-    if not np.isfinite(losses[-1]):
+    return history.history
+
+
+def check_finite(history, params):
+    losses = history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
         raise TrainingDiverged(
             f"learning_rate: training diverged (loss {losses[-1]} at epoch {len(losses)}); "
             f"try a learning rate below {params['learning_rate']}"
         )
-    return history.history
 
 
 def evaluate_model(model, task, variant, splits):
@@ -163,30 +204,89 @@ def evaluate_model(model, task, variant, splits):
     return metrics, matrix, outputs
 
 
-def train(task, variant, params, callbacks=(), tags=None, run_name=None, parent_run_id=None, splits=None):
+def train(
+    task,
+    variant,
+    params,
+    callbacks=(),
+    tags=None,
+    run_name=None,
+    parent_run_id=None,
+    splits=None,
+    system_metrics_interval=0,
+    resume_run_id="",
+    start_from_run_id="",
+):
     """Train one task variant in a tracked MLflow run and return its test metrics.
 
     Plain runs and sweep trials both come through here. A sweep trial passes its
     pruning callback, its study's run as `parent_run_id`, and the `splits` its worker
-    prepared once (from the same data parameters) for all of its trials.
+    prepared once (from the same data parameters) for all of its trials. The run logs
+    MLflow's system metrics every `system_metrics_interval` seconds (0: none).
+
+    The run is checkpointed after every epoch (`checkpoints`). `resume_run_id` continues
+    that run from its last checkpoint (`resume` says what it refuses); `start_from_run_id`
+    starts a new run from another's last checkpoint, as a sweep's retried trial does.
     """
     name = task.qualified_name(variant)
     seed_everything(params["seed"])
     if splits is None:
         splits = prepare_data(task, variant, params)  # bad data fails here, before any run starts
-    tracking.enable_autolog()
+    datasets = tracking.split_datasets(splits, name=task.name)
+    digests = {context: dataset.digest for context, dataset in datasets.items()}
+    restored = None
+    if resume_run_id:  # refused here, before the run changes
+        restored = resume.plan(resume_run_id, task, variant, params, digests).checkpoint
+        tracking.point_pending_run_to(resume_run_id)
+    elif start_from_run_id:
+        restored = checkpoints.latest(start_from_run_id)
+    mlflow.keras.autolog(disable=True)  # tracking.RunSummary and the checkpoints log what it would
     run_tags = {"task": task.name, "variant": variant, "entry_point": name, **(tags or {})}
-    with tracking.mlflow_run(run_name=run_name or name, tags=run_tags, parent_run_id=parent_run_id) as run:
-        tracking.log_new_params(params)
-        digests = tracking.log_splits(splits, name=task.name)
+    if restored:
+        run_tags |= {resume.FROM_EPOCH_TAG: restored.epoch, resume.EPOCHS_TAG: params["epochs"]}
+        if not resume_run_id:
+            run_tags[resume.RESUMED_TAG] = restored.run_id
+    with tracking.mlflow_run(
+        run_name=run_name or name,
+        tags=run_tags,
+        parent_run_id=parent_run_id,
+        system_metrics_interval=system_metrics_interval,
+        run_id=resume_run_id or None,
+    ) as run:
+        tracking.log_new_params(params)  # a resumed run keeps its first epochs; resume.epochs holds the new one
+        tracking.log_datasets(datasets)
         mlflow.set_tag("dataset_digest", digests["train"])
         model = build_model(task, variant, params, splits)
         mlflow.log_param("num_params", model.count_params())
-        timer = tracking.EpochTimer()
-        start = time.perf_counter()
-        history = fit_model(model, splits, params, [timer, *callbacks])
-        train_seconds = time.perf_counter() - start
-        metrics, matrix, outputs = evaluate_model(model, task, variant, splits)
+        early_stopping = None
+        if params["patience"]:
+            monitor, direction = monitored_metric(task, splits)
+            mode = "max" if direction == "maximize" else "min"
+            early_stopping = keras.callbacks.EarlyStopping(
+                monitor=monitor, mode=mode, patience=params["patience"], restore_best_weights=True
+            )
+        with tempfile.TemporaryDirectory(prefix="checkpoint-") as workdir:
+            checkpoint = checkpoints.RunCheckpoint(run.info.run_id, workdir, early_stopping, restored)
+            start = time.perf_counter()
+            try:
+                with stopping.deferred():  # TensorFlow's code is no place for a signal's exception
+                    # Early stopping before the checkpoint, which records its state; a pruning callback after it.
+                    fit_model(
+                        model,
+                        splits,
+                        params,
+                        [tracking.RunSummary(), *([early_stopping] if early_stopping else []), checkpoint, *callbacks],
+                    )
+            except optuna.TrialPruned:
+                checkpoint.log_pending()  # a pruned trial is never resumed: its last epochs are all it will have
+                raise
+            train_seconds = checkpoint.seconds_before + time.perf_counter() - start
+        history = checkpoint.history
+        check_finite(history, params)
+        if early_stopping:
+            mlflow.log_metrics({"best_epoch": early_stopping.best_epoch + 1, "stopped_epoch": len(history["loss"])})
+        with stopping.deferred():
+            metrics, matrix, outputs = evaluate_model(model, task, variant, splits)
         model_info = tracking.log_model(model, splits.x_train, outputs)
         mlflow.log_metrics({**metrics, "train_time_s": train_seconds}, model_id=model_info.model_id)
         tracking.log_figure(reporting.learning_curves(history), "figures/learning_curves.png")

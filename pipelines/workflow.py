@@ -10,7 +10,6 @@ tagged with the run of the step before it.
 from pathlib import Path
 
 import mlflow
-from mlflow.exceptions import ExecutionException
 
 from experiments import RunFailed
 from pipelines import registry, tracking
@@ -54,14 +53,15 @@ def run_workflow(task, variant, settings, training_overrides):
                 f"workflow step {step}: mlflow run . -e {step} " + " ".join(f"-P {k}={v}" for k, v in shown.items()),
                 flush=True,
             )
-            try:
-                submitted = mlflow.projects.run(
-                    str(PROJECT_DIR), step, parameters=parameters, env_manager="local", experiment_id=experiment_id
-                )
-            except ExecutionException as error:
-                raise StepFailed(
-                    f"{step}: the step failed ({str(error).splitlines()[0]}); its run's logs say why"
-                ) from None
+            submitted = mlflow.projects.run(
+                str(PROJECT_DIR),
+                step,
+                parameters=parameters,
+                env_manager="local",
+                experiment_id=experiment_id,
+                synchronous=False,
+            )
+            wait_for_step(step, submitted, client)
             if run_ids:
                 previous_step = list(run_ids)[-1]
                 client.set_tag(submitted.run_id, f"workflow.{previous_step}_run_id", run_ids[previous_step])
@@ -70,3 +70,25 @@ def run_workflow(task, variant, settings, training_overrides):
     print(f"workflow {entry_point} finished: " + ", ".join(f"{step} run {run_id}" for step, run_id in run_ids.items()))
     print(f"serve the champion: mlflow models serve -m models:/{entry_point}@champion --env-manager local")
     return run_ids
+
+
+def wait_for_step(step, submitted, client):
+    """Wait for a step's process. The step ends its own run; a run it left RUNNING (it died)
+    is ended here. (MLflow's own wait would overwrite the status the step set, KILLED included.)"""
+    try:
+        succeeded = submitted.wait()
+    except KeyboardInterrupt:
+        submitted.cancel()  # SIGTERM to the step, then wait for it
+        _end_if_running(client, submitted.run_id, "KILLED")
+        raise
+    if not succeeded:
+        status = _end_if_running(client, submitted.run_id, "FAILED")
+        raise StepFailed(f"{step}: the step failed (run {submitted.run_id} ended {status}); its run's logs say why")
+
+
+def _end_if_running(client, run_id, status):
+    current = client.get_run(run_id).info.status
+    if current == "RUNNING":
+        client.set_terminated(run_id, status)
+        return status
+    return current

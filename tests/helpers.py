@@ -1,7 +1,9 @@
 """Helpers the tests share."""
 
+import functools
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -26,11 +28,34 @@ def options(**values):
     return [word for name, value in values.items() for word in (f"--{name}", str(value))]
 
 
+def _signal_dispositions(sigint):
+    """In the child before exec: SIGINT as a terminal gives it (default), or ignored, as a
+    script's background job starts; SIGTERM default. The test process's own may be either."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def start(args, sigint="default", **popen):
+    """Start `args` in its own process group (so a test can signal all of it, as a terminal
+    does) with the signal dispositions a test assumes, whatever this process inherited."""
+    return subprocess.Popen(
+        args,
+        cwd=popen.pop("cwd", PROJECT),
+        start_new_session=True,
+        preexec_fn=functools.partial(_signal_dispositions, sigint),
+        **popen,
+    )
+
+
+def mlflow_run_command(entry_point, **params):
+    words = [word for name, value in params.items() for word in ("-P", f"{name}={value}")]
+    return [sys.executable, "-m", "mlflow", "run", ".", "-e", entry_point, "--env-manager", "local", *words]
+
+
 def mlflow_run(entry_point, timeout=600, **params):
     """`mlflow run . -e <entry_point> --env-manager local -P name=value ...`, in the test's store."""
-    words = [word for name, value in params.items() for word in ("-P", f"{name}={value}")]
     return subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", ".", "-e", entry_point, "--env-manager", "local", *words],
+        mlflow_run_command(entry_point, **params),
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -42,13 +67,20 @@ def run_cli(*args, timeout=600, **popen):
     """`python -m pipelines ...` in a subprocess with the test's environment."""
     return subprocess.run(
         [sys.executable, "-m", "pipelines", *args],
-        cwd=PROJECT,
+        cwd=popen.pop("cwd", PROJECT),
         capture_output=True,
         text=True,
         timeout=timeout,
         env={**os.environ},
         **popen,
     )
+
+
+def no_traceback(output):
+    """True when `output` holds no Python traceback; else an AssertionError quoting it."""
+    at = output.find("Traceback")
+    assert at < 0, output[max(0, at - 500) : at + 2500]
+    return True
 
 
 def free_port():

@@ -1,10 +1,5 @@
 """The entry points as users call them: `python -m pipelines`, `mlflow run`, Ctrl-C and SIGTERM."""
 
-import signal
-import subprocess
-import sys
-import time
-
 import mlflow
 import numpy as np
 import pytest
@@ -14,7 +9,7 @@ from experiments import entry_points
 from experiments.mnist import load_mnist
 from pipelines.cli import COMMANDS, main
 from pipelines.params import declared_params
-from tests.helpers import PROJECT, mlflow_run, run_cli, runs
+from tests.helpers import mlflow_run, run_cli, runs
 
 
 @pytest.mark.parametrize(
@@ -137,32 +132,3 @@ def test_mlflow_run_with_bad_input_fails_the_run_with_one_line(store):
     assert "error: learning_rate: 'abc' is not a finite number" in completed.stderr
     (run,) = runs(store)
     assert run.info.status == "FAILED"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("signum", "name"), [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
-def test_interrupted_training_ends_the_run_killed(signum, name, store):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "train", "--task", "xor", "--epochs", "100000"],
-        cwd=PROJECT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # wait until the run is training
-            started = runs(store)
-            if started and store.get_metric_history(started[0].info.run_id, "epoch_time_s"):
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("training never started")
-        process.send_signal(signum)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 130
-    assert stderr.strip().splitlines()[-1].endswith("the run ended KILLED")
-    (run,) = runs(store)
-    assert run.info.status == "KILLED"

@@ -1,6 +1,7 @@
 """docker/ checked statically: no Docker engine runs here (tests/test_deploy_stack.py runs the stack)."""
 
 import json
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -17,6 +18,7 @@ from tests.helpers import DOCKER, PROJECT, interpolate, load_compose
 
 TOOLS = Path(sys.executable).parent  # hadolint and shellcheck come from the test extras
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
+MIN_GRACE_SECONDS = 60  # the training's next step, its run's end and a last checkpoint
 EXPOSE_VARIABLES = {
     "MLFLOW_PUBLIC_HOST": "mlflow.example.com",
     "MLFLOW_BIND": "192.0.2.10",
@@ -115,6 +117,19 @@ def test_trainer_and_sweep_workers_reserve_the_gpu_and_use_the_server():
     worker = services["sweep-worker"]
     assert "container_name" not in worker and "ports" not in worker  # either would stop --scale
     assert worker["command"][worker["command"].index("--storage") + 1].startswith("postgresql+psycopg://")
+
+
+def test_trainer_and_sweep_workers_pass_a_stop_on_and_have_time_to_end():
+    """`docker stop`: an init passes SIGTERM to the supervisor (the entrypoint's last word),
+    which stops the whole command; the grace period covers a clean end."""
+    services = load_compose()["services"]
+    for name in ("trainer", "sweep-worker"):
+        service = services[name]
+        assert service["init"] is True, name
+        grace = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", service["stop_grace_period"])
+        assert grace and 60 * int(grace[1] or 0) + int(grace[2] or 0) >= MIN_GRACE_SECONDS, name
+    last_line = (DOCKER / "entrypoint.sh").read_text().strip().splitlines()[-1]
+    assert last_line == 'exec python "$(dirname "$0")/supervise.py" "$@"'
 
 
 def test_no_secret_is_written_into_compose_or_the_images():

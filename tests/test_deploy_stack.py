@@ -8,8 +8,10 @@ server, temporary folders for the volumes, a temporary file for the secret.
 
 import base64
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -18,6 +20,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import optuna
+import psutil
 import pytest
 import sqlalchemy
 from optuna.trial import TrialState
@@ -176,6 +179,37 @@ def test_the_trainer_runs_its_entry_point_against_the_server(stack):
     assert model.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server...
     assert any((stack["folder"] / "mlartifacts").rglob("MLmodel"))  # ...to its artifact volume
     assert_secret_never_shown(stack, output)
+
+
+def test_stopping_the_trainer_ends_its_run_killed_before_the_container_ends(stack):
+    """`docker stop trainer`: tini passes SIGTERM to the entrypoint's process (the supervisor).
+    The container ends when that process exits, and SIGKILLs whatever is left then; so the
+    training must have ended its run by then."""
+    service = load_compose()["services"]["trainer"]
+    log = stack["folder"] / "trainer-stopped.log"
+    command = [*service["command"], "-P", f"data={stack['mnist']}", "-P", "epochs=100000", "-P", "batch_size=120"]
+    container = start(command, client_env(service, stack), log, cwd=PROJECT)
+    client = mlflow.MlflowClient(stack["url"])
+    run = _training_run_when_started(client, container, log)
+    container.send_signal(signal.SIGTERM)
+    code, output = finish(container, log, timeout=120)
+    assert code == 128 + signal.SIGTERM, output[-3000:]  # `mlflow run`, stopped, as the container's exit code
+    assert not psutil.pid_exists(int(run.data.tags["process.pid"]))  # ended before the container did
+    stopped = client.get_run(run.info.run_id)
+    assert stopped.info.status == "KILLED", output[-3000:]
+    assert "Traceback" not in output and "the run ended KILLED" in output
+
+
+def _training_run_when_started(client, container, log, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert container.poll() is None, Path(log).read_text()[-3000:]
+        experiment = client.get_experiment_by_name("mnist")
+        found = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
+        if found and client.get_metric_history(found[0].info.run_id, "epoch_time_s"):
+            return client.get_run(found[0].info.run_id)
+        time.sleep(0.5)
+    raise AssertionError("the trainer never started training")
 
 
 def test_two_sweep_workers_share_one_study_and_the_champion_is_set_through_the_server(stack):

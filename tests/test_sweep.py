@@ -10,6 +10,7 @@ import time
 
 import mlflow
 import optuna
+import psutil
 import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -20,10 +21,12 @@ from pipelines.cli import main
 from pipelines.params import declared_params, parse_params
 from pipelines.sweeps import search_space as spaces
 from pipelines.sweeps.storage import open_storage, worker_id
-from tests.helpers import PROJECT, mlflow_run, options, runs
+from tests.helpers import mlflow_run, no_traceback, options, runs, start
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LONG_TRIAL = {"epochs": 100, "batch_size": 1}  # xor's trials run long enough to be caught running
+# ...and long enough (several seconds) to be checkpointed before they end (checkpoints.MIN_SECONDS_BETWEEN).
+CHECKPOINTED_TRIAL = {"epochs": 200, "batch_size": 1}
 
 
 # --- search spaces ------------------------------------------------------------------------
@@ -276,20 +279,13 @@ def start_sweep():
     """Start `python -m pipelines sweep ...` in its own process group; kill what is left at the end."""
     started = []
 
-    def start(*args):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", "sweep", *map(str, args)],
-            cwd=PROJECT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ},
-            start_new_session=True,
-        )
+    def start_one(*args):
+        command = [sys.executable, "-m", "pipelines", "sweep", *map(str, args)]
+        process = start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         started.append(process)
         return process
 
-    yield start
+    yield start_one
     for process in started:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the coordinator and its workers
@@ -356,11 +352,27 @@ def test_a_worker_hands_over_to_a_fresh_process_after_its_trials_per_process(sto
     assert len({tuple(sorted(trial.params.items())) for trial in study.trials}) == 2  # each its own seed
 
 
-def wait_for_running_trial(study, store, timeout=180):
-    """A trial in progress on a worker, once its MLflow run exists: (trial, worker pid)."""
+def _processes(*pids):
+    """The processes of `pids` still running (a psutil.Process each)."""
+    found = []
+    for pid in pids:
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def wait_for_running_trial(study, store, timeout=180, checkpointed=False):
+    """A trial in progress on a worker, once its MLflow run exists (and, if `checkpointed`,
+    holds a checkpoint): (trial, worker pid)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        with_runs = {run.data.tags.get("optuna.trial_number") for run in runs(store)}
+        with_runs = {
+            run.data.tags.get("optuna.trial_number")
+            for run in runs(store)
+            if not checkpointed or store.list_artifacts(run.info.run_id, "checkpoints")
+        }
         for trial in study.get_trials(states=(TrialState.RUNNING,)):
             pid = trial.user_attrs.get("worker", "").rpartition(":")[2]
             if pid and str(trial.number) in with_runs:
@@ -370,14 +382,36 @@ def wait_for_running_trial(study, store, timeout=180):
 
 
 @pytest.mark.slow
+def test_a_sigkilled_coordinator_stops_its_workers_and_reap_fails_its_run(store, tiny, tmp_path, start_sweep, capsys):
+    journal = str(tmp_path / "optuna.journal")
+    settings = options(storage=journal, workers=2, n_trials=4, pruner="none", study_name="xor-orphans")
+    coordinator = start_sweep(*tiny.argv("xor", **LONG_TRIAL), *settings)
+    study = load_study_when_created("xor-orphans", journal)
+    _, worker_pid = wait_for_running_trial(study, store)
+    os.kill(coordinator.pid, signal.SIGKILL)  # its workers keep no one to report to
+    coordinator.communicate()
+    _, training_on = psutil.wait_procs(_processes(worker_pid), timeout=30)
+    assert not training_on  # no worker trains on, orphaned
+    trials = [run for run in study_runs(store, "trial") if run.info.status != "FINISHED"]
+    assert trials and {run.info.status for run in trials} == {"KILLED"}
+    assert all("its sweep coordinator" in run.data.tags["stop.cause"] for run in trials)
+    (parent,) = study_runs(store, "study")
+    assert parent.info.status == "RUNNING"  # its process is gone: reap ends it
+    assert main(["reap"]) == 0
+    parent = store.get_run(parent.info.run_id)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["reap.reason"] == f"its process {coordinator.pid} on {worker_id().split(':')[0]} is gone"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
     storage, store, tiny, tmp_path, request, start_sweep
 ):
     url = str(tmp_path / "optuna.journal") if storage == "journal" else request.getfixturevalue("postgres_url")
     settings = options(storage=url, workers=2, n_trials=4, pruner="none", study_name="xor-kill", heartbeat_interval=1)
-    sweep_process = start_sweep(*tiny.argv("xor", **LONG_TRIAL), *settings)
-    killed, pid = wait_for_running_trial(load_study_when_created("xor-kill", url), store)
+    sweep_process = start_sweep(*tiny.argv("xor", **CHECKPOINTED_TRIAL), *settings)
+    killed, pid = wait_for_running_trial(load_study_when_created("xor-kill", url), store, checkpointed=True)
     os.kill(pid, signal.SIGKILL)
     _out, err = sweep_process.communicate(timeout=600)
 
@@ -390,25 +424,44 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
     trials = check_exactly_n_trials(store, study, 4)
     (killed_run,) = trials[killed.number]
     assert killed_run.info.status == "FAILED" and killed_run.data.tags["optuna.trial_state"] == "FAIL"
+    # The retry went on from the killed trial's last checkpoint, in a run of its own that
+    # holds every epoch once: those before the checkpoint as the killed trial logged them.
+    (retry_run,) = trials[retried[0].number]
+    assert retry_run.data.tags["resume.run_id"] == killed_run.info.run_id
+    from_epoch = int(retry_run.data.tags["resume.from_epoch"])
+    assert from_epoch >= 1
+    epochs = CHECKPOINTED_TRIAL["epochs"]
+    assert [m.step for m in store.get_metric_history(retry_run.info.run_id, "loss")] == list(range(epochs))
+    assert sorted(retried[0].intermediate_values) == list(range(epochs))
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_workers_and_the_same_command_resumes(store, tiny, tmp_path, start_sweep):
+@pytest.mark.parametrize(
+    ("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["Ctrl-C", "SIGTERM"]
+)
+def test_a_stop_ends_every_worker_and_the_same_command_resumes(signum, to_group, store, tiny, tmp_path, start_sweep):
     journal = str(tmp_path / "optuna.journal")
     args = [
         *tiny.argv("xor", **LONG_TRIAL),
         *options(storage=journal, workers=2, n_trials=3, pruner="none", study_name="xor-stop"),
     ]
     sweep_process = start_sweep(*args)
-    wait_for_running_trial(load_study_when_created("xor-stop", journal), store)
-    os.killpg(sweep_process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    study = load_study_when_created("xor-stop", journal)
+    wait_for_running_trial(study, store)
+    # Ctrl-C in a terminal signals the whole process group; SIGTERM (kill, a scheduler) the coordinator alone.
+    (os.killpg if to_group else os.kill)(sweep_process.pid, signum)
     _, err = sweep_process.communicate(timeout=300)
     assert sweep_process.returncode == 130, err[-3000:]
+    assert no_traceback(err) and err.strip().splitlines()[-1] == f"stopped ({signum.name}): the run ended KILLED"
     assert not [run for run in runs(store) if run.info.status == "RUNNING"]
     (parent,) = study_runs(store, "study")
-    assert parent.info.status == "KILLED"
-    interrupted = [run for run in study_runs(store, "trial") if run.info.status == "KILLED"]
-    assert interrupted  # the trials in progress, ended KILLED
+    assert parent.info.status == "KILLED" and parent.data.tags["stop.cause"] == signum.name
+    stopped = [run for run in study_runs(store, "trial") if run.info.status != "FINISHED"]
+    assert stopped and {run.info.status for run in stopped} == {"KILLED"}  # the trials in progress
+    stopped_trials = {int(run.data.tags["optuna.trial_number"]) for run in stopped}
+    assert {study.trials[number].state for number in stopped_trials} == {TrialState.FAIL}
+    if signum == signal.SIGTERM:
+        return  # resuming after Ctrl-C shows it once
 
     resumed = start_sweep(*args)
     _out, err = resumed.communicate(timeout=600)

@@ -1,4 +1,5 @@
-"""The same entry point, unchanged, against a real `mlflow server` instead of the embedded store."""
+"""The same entry point, unchanged, against a real `mlflow server` instead of the embedded store;
+and a run resumed through it on another machine, as far as one machine can show it."""
 
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import mlflow
 import pytest
 
+from pipelines import checkpoints
 from tests.helpers import free_port, run_cli, wait_until_serving
 
 
@@ -46,3 +48,31 @@ def test_training_against_a_tracking_server(server):
     assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "loss")) == 2
     assert "figures/learning_curves.png" in {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert any(artifacts.rglob("learning_curves.png"))  # proxied to the server's artifact store
+
+
+@pytest.mark.slow
+def test_a_run_resumes_through_the_server_from_another_folder_with_its_first_files_gone(server, tmp_path, mnist_npz):
+    """The first machine trains 2 epochs and is gone; another, with its own copy of the data,
+    gives the finished run a third epoch from the checkpoint the server keeps."""
+    url, _ = server
+    recipe = ["--task", "mnist_cnn", "--batch_size", "16", "--filters", "4", "--units", "8"]
+    first, second = tmp_path / "first-machine", tmp_path / "second-machine"
+    for folder in (first, second):
+        folder.mkdir()
+        shutil.copy(mnist_npz, folder / "mnist.npz")
+    completed = run_cli("train", *recipe, "--epochs", "2", "--data", first / "mnist.npz", cwd=first)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    client = mlflow.MlflowClient(url)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    shutil.rmtree(first)
+
+    completed = run_cli(
+        "train", *recipe, "--epochs", "3", "--data", second / "mnist.npz", "--resume", run.info.run_id, cwd=second
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    resumed = client.get_run(run.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["resume.from_epoch"] == "2" and resumed.data.tags["resume.epochs"] == "3"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2]
+    # The server deleted the superseded checkpoint through its artifact proxy.
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [checkpoints.folder(3)]

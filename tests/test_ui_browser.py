@@ -1,4 +1,5 @@
-"""The MLflow UI as headless Chromium renders it from a real `mlflow server`: our runs and the champion."""
+"""The MLflow UI as headless Chromium renders it from a real `mlflow server`: our runs, their
+system metrics and the champion."""
 
 import html
 import os
@@ -107,10 +108,11 @@ def visible_text(dom):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_ui_lists_the_runs_and_shows_the_champion(chromium, ui_server, store, tmp_path):
-    for _ in range(2):
-        assert main(["train", "--task", "xor", "--epochs", "2"]) == 0
+    # The first trains for a few seconds, sampling system metrics every second.
+    assert main(["train", "--task", "xor", "--epochs", "400", "--system_metrics_interval", "1"]) == 0
+    assert main(["train", "--task", "xor", "--epochs", "2"]) == 0
     experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
-    runs = store.search_runs([experiment_id])
+    runs = store.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
     assert len(runs) == 2
     assert main(["promote", "--task", MODEL, "--run_id", runs[0].info.run_id]) == 0
 
@@ -121,6 +123,14 @@ def test_ui_lists_the_runs_and_shows_the_champion(chromium, ui_server, store, tm
         href = f"#/experiments/{experiment_id}/runs/{run.info.run_id}"
         link = f'href="{re.escape(href)}">(?:<[^>]*>)*{re.escape(run.info.run_name)}<'
         assert re.search(link, dom), f"run {run.info.run_name} ({run.info.run_id}) not listed"
+
+    # The run's "System metrics" tab has a chart for each metric MLflow sampled.
+    sampled = runs[0]
+    system_metrics = [name for name in sampled.data.metrics if name.startswith("system/")]
+    assert "system/cpu_utilization_percentage" in system_metrics
+    page = f"{ui_server}/#/experiments/{experiment_id}/runs/{sampled.info.run_id}/system-metrics"
+    text = visible_text(render(chromium, page, tmp_path / "system_metrics.png", tmp_path / "profile"))
+    assert f"System metrics ({len(system_metrics)})" in text, text[:2000]
 
     dom = render(chromium, f"{ui_server}/#/models/{MODEL}", tmp_path / "model.png", tmp_path / "profile")
     text = visible_text(dom)

@@ -13,12 +13,12 @@ import yaml
 from optuna.trial import TrialState
 
 from experiments import InputError
-from pipelines import tracking
+from pipelines import stopping, tracking
 from pipelines.sweeps import search_space, storage, study_run
 from pipelines.sweeps.callbacks import FailStaleTrial
-from pipelines.sweeps.settings import WORKER_SPEC_ENV, SweepSpec, objective_of
+from pipelines.sweeps.settings import WORKER_SPEC_ENV, SweepSpec
 from pipelines.sweeps.worker import run_worker
-from pipelines.train import prepare_data
+from pipelines.train import monitored_metric, prepare_data
 
 POLL_SECONDS = 1.0
 
@@ -56,7 +56,7 @@ def run_sweep(task, variant, settings, params, fixed_by_user):
     space, params = plan(task, variant, settings, params, fixed_by_user)
     storage.check(settings["storage"], settings["workers"])
     splits = prepare_data(task, variant, params)  # bad data fails here, before a study or run exists
-    metric, direction = objective_of(task, splits)
+    metric, direction = monitored_metric(task, splits)
     study_name = settings["study_name"] or entry_point
 
     if os.environ.get("MLFLOW_RUN_ID") and storage.has_password(settings["storage"]):
@@ -97,6 +97,7 @@ def run_sweep(task, variant, settings, params, fixed_by_user):
         pruner_warmup_epochs=settings["pruner_warmup_epochs"],
         heartbeat_interval=settings["heartbeat_interval"],
         trials_per_process=settings["trials_per_process"],
+        system_metrics_interval=settings["system_metrics_interval"],
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
         session=session,
@@ -113,8 +114,9 @@ def run_sweep(task, variant, settings, params, fixed_by_user):
         if not in_process or _wants_trials(study, spec):  # failed trials were retried past trials_per_process
             problems = _run_worker_processes(spec, settings["workers"], study, launched=int(in_process))
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         status = "KILLED"
+        client.set_tag(parent_run_id, stopping.STOP_CAUSE_TAG, str(stop) or "SIGINT")
         raise
     finally:
         with storage.study_lock(spec.storage, "slots", spec.study_name):
@@ -168,6 +170,7 @@ def _run_worker_processes(spec, count, study, launched):
     try:
         while running:
             time.sleep(POLL_SECONDS)
+            stopping.raise_if_stopped()
             for slot, worker in list(running.items()):
                 code = worker.poll()  # poll() each one: it reaps the dead
                 if code is None:

@@ -5,7 +5,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from experiments import Param
-from pipelines.params import DRY_RUN, ENTRY_POINT_SETTINGS, EXPERIMENT, NAME_PATTERN
+from pipelines.params import DRY_RUN, ENTRY_POINT_SETTINGS, EXPERIMENT, NAME_PATTERN, SYSTEM_METRICS_INTERVAL
 
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("median", "hyperband", "none")
@@ -39,6 +39,7 @@ SETTINGS = {
     "pruner_startup_trials": Param(int, 2, "trials run in full before median pruning starts", ge=0),
     "pruner_warmup_epochs": Param(int, 0, "epochs a trial runs before median pruning may stop it", ge=0),
     "heartbeat_interval": Param(int, 10, "seconds between a trial's heartbeats on PostgreSQL storages", ge=1),
+    "system_metrics_interval": SYSTEM_METRICS_INTERVAL,
     "dry_run": DRY_RUN,
 }
 WORKER_SPEC_ENV = "PIPELINES_SWEEP_WORKER"
@@ -61,6 +62,7 @@ class SweepSpec:
     pruner_warmup_epochs: int
     heartbeat_interval: int
     trials_per_process: int  # 0: no limit
+    system_metrics_interval: int  # each trial's run samples system metrics this often; 0: never
     experiment_id: str
     parent_run_id: str
     session: int = 0  # how many sweep commands opened the study before this one
@@ -72,9 +74,3 @@ class SweepSpec:
     @classmethod
     def from_env(cls):
         return cls(**json.loads(os.environ[WORKER_SPEC_ENV]))
-
-
-def objective_of(task, splits):
-    """(metric, direction): the validation metric when the task validates, else the training one."""
-    metric, direction = ("loss", "minimize") if task.kind == "regression" else ("accuracy", "maximize")
-    return (f"val_{metric}" if splits.x_val is not None else metric), direction

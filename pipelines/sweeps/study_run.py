@@ -10,6 +10,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
+from pipelines import liveness, tracking
 from pipelines.sweeps import search_space, storage
 
 PLOTS = {
@@ -23,7 +24,7 @@ PLOTS = {
 
 def open_study_run(client, study, experiment_id, task, variant):
     """The study's run: the one `mlflow run` created, else the study's earlier run (resumed),
-    else a new one. Trials of this session nest under it."""
+    else a new one. Trials of this session nest under it; this process beats its heartbeat."""
     run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # workers and trials must not resume it
     previous = study.user_attrs.get("mlflow_run_id")
     if run_id is None and previous and _resumable(client, previous, experiment_id):
@@ -35,6 +36,7 @@ def open_study_run(client, study, experiment_id, task, variant):
         "entry_point": task.qualified_name(variant),
         "optuna.study_name": study.study_name,
         "sweep": "study",
+        **liveness.process_tags(),
     }
     if run_id is None:
         run_id = client.create_run(experiment_id, run_name=f"sweep-{study.study_name}", tags=tags).info.run_id
@@ -44,6 +46,7 @@ def open_study_run(client, study, experiment_id, task, variant):
     if previous and previous != run_id:
         client.set_tag(run_id, "sweep.previous_run_id", previous)
     study.set_user_attr("mlflow_run_id", run_id)
+    liveness.HEARTBEAT.add(run_id, mlflow.get_tracking_uri())
     return run_id
 
 
@@ -108,7 +111,7 @@ def record_trial(client, spec, study, trial):
 
 def finish_study_run(client, run_id, study, status):
     """The final summary, the trials table and Optuna's plots; then end the run with `status`."""
-    report_progress(client, run_id, study)
+    tracking.retrying(lambda: report_progress(client, run_id, study))
     try:
         client.log_text(run_id, study.trials_dataframe().to_csv(index=False), "sweep/trials.csv")
     except Exception:
@@ -123,7 +126,8 @@ def finish_study_run(client, run_id, study, status):
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             client.log_figure(run_id, figure, f"sweep/{name}.png")
             plt.close(figure)
-    client.set_terminated(run_id, status)
+    liveness.HEARTBEAT.remove(run_id)
+    tracking.retrying(lambda: client.set_terminated(run_id, status))
 
 
 def describe_trial(trial, metric):

@@ -8,14 +8,16 @@ import keras
 import mlflow
 import optuna
 from optuna.distributions import json_to_distribution
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from experiments import RunFailed, resolve
+from pipelines import stopping
 from pipelines.sweeps import search_space, storage, study_run
 from pipelines.sweeps.callbacks import FailStaleTrial, TrialPruning
 from pipelines.sweeps.samplers import pruner_for, sampler_for
-from pipelines.sweeps.settings import objective_of
-from pipelines.train import TrainingDiverged, prepare_data, train
+from pipelines.train import TrainingDiverged, monitored_metric, prepare_data, train
 
 POLL_SECONDS = 1.0
 MAX_FAILURES_IN_A_ROW = 5  # a worker whose trials all fail has a problem to report, not trials to burn
@@ -31,7 +33,7 @@ def run_worker(spec, splits=None):
     task, variant = resolve(spec.entry_point)
     if splits is None:
         splits = prepare_data(task, variant, spec.params)
-    metric, _ = objective_of(task, splits)
+    metric, _ = monitored_metric(task, splits)
     if keras.backend.backend() == "tensorflow":  # every trial's new model "retraces": expected, not news
         import tensorflow as tf
 
@@ -46,15 +48,27 @@ def run_worker(spec, splits=None):
 
     def objective(trial):
         params = {**spec.params, **search_space.suggest(trial, space)}
+        # A retry of a trial whose worker died goes on from that trial's last checkpoint.
+        earlier_run, earlier_values = "", {}
+        trials = study.get_trials(deepcopy=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # stable since Optuna 2.8
+            failed = RetryFailedTrialCallback.retried_trial_number(trials[trial.number])
+        if failed is not None:
+            earlier_values = trials[failed].intermediate_values
+            earlier_runs = study_run.trial_runs(spec.experiment_id, spec.study_name, failed)
+            earlier_run = earlier_runs[0].info.run_id if earlier_runs else ""
         result = train(
             task,
             variant,
             params,
-            callbacks=[TrialPruning(trial, metric)],
+            callbacks=[TrialPruning(trial, metric, earlier_values)],
             tags={"optuna.study_name": spec.study_name, "optuna.trial_number": str(trial.number), "sweep": "trial"},
             run_name=f"{spec.study_name}-trial-{trial.number}",
             parent_run_id=spec.parent_run_id,
             splits=splits,
+            system_metrics_interval=spec.system_metrics_interval,
+            start_from_run_id=earlier_run,
         )
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("model_id", result.model_id)
@@ -63,6 +77,7 @@ def run_worker(spec, splits=None):
 
     failures, trials_run = [], 0
     while spec.deadline is None or time.time() < spec.deadline:
+        stopping.raise_if_stopped()
         if spec.trials_per_process and trials_run >= spec.trials_per_process:
             return  # TensorFlow keeps 10-20 MiB of every traced model: a fresh process starts anew
         trial = next_trial(study, spec, on_stale)
@@ -70,6 +85,7 @@ def run_worker(spec, splits=None):
             return
         if trial is None:  # the last trials run on other workers; retry any whose worker dies
             time.sleep(POLL_SECONDS)
+            stopping.raise_if_stopped()
             continue
         keras.backend.clear_session()  # each trial's model starts from a clean graph, as optuna-examples do
         finished = run_trial(study, trial, objective, study_storage)

@@ -1,0 +1,294 @@
+"""What keeping run states true costs, and how fast a stop takes effect, on `mnist_cnn` over full MNIST.
+
+    python benchmarks/run_states.py [--data-dir ../shared/data] [--repeats 3]
+
+- Stop latency: a training stopped mid-epoch, from the signal to the moment its run ended
+  (the run's end time in the store) and to its process's exit: SIGTERM to
+  `python -m pipelines train`, SIGTERM to `mlflow run` (its child notices the launcher's
+  exit), and Ctrl-C to `mlflow run` (the run is KILLED again once MLflow, which writes
+  FAILED, has exited).
+- System metrics: epoch times of runs sampling them every 10 s (the default) and every
+  1 s, against runs with none, alternated.
+- Heartbeat: the time one heartbeat takes (a tag written to the store), as a share of
+  the interval between two.
+- Checkpoints: the time each epoch's checkpoint takes (timed inside the training), against
+  the epoch's; the disk a run's artifacts take; and the time from the resume command to
+  its first new epoch, against a new run's time to its first epoch.
+
+Results go to benchmarks/run_states.md.
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+from report import machine, write_results  # noqa: E402  (benchmarks/report.py, beside this script)
+
+from pipelines import checkpoints, liveness  # noqa: E402
+
+REPORT = PROJECT / "benchmarks" / "run_states.md"
+DEFAULT_DATA = PROJECT.parent / "shared" / "data"
+METRICS_EPOCHS = 4  # the first traces the model: the others are compared
+HEARTBEATS = 50
+
+
+def new_experiment(client, name):
+    """An experiment whose artifacts stay in the benchmark's temporary folder, beside its store."""
+    folder = Path(client.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts" / name
+    return client.create_experiment(f"{name}-{time.time_ns()}", artifact_location=str(folder))
+
+
+def train_command(data, epochs):
+    return [sys.executable, "-m", "pipelines", "train", "--task", "mnist_cnn", "--data", data, "--epochs", str(epochs)]
+
+
+def mlflow_run_command(data, epochs):
+    return [
+        *(sys.executable, "-m", "mlflow", "run", ".", "-e", "mnist_cnn", "--env-manager", "local"),
+        *("-P", f"data={data}", "-P", f"epochs={epochs}"),
+    ]
+
+
+def start(command, env):
+    return subprocess.Popen(
+        command,
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def wait_for_epoch(client, experiment_id, epochs=1, timeout=600):
+    """The RUNNING run of the experiment once `epochs` epochs have ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+        if found and len(client.get_metric_history(found[0].info.run_id, "epoch_time_s")) >= epochs:
+            return client.get_run(found[0].info.run_id)
+        time.sleep(0.2)
+    raise SystemExit("the training never got going")
+
+
+def stop_latency(how, data, env, client):
+    """(seconds to the run's end, seconds to the training process's exit, final status)."""
+    experiment_id = new_experiment(client, f"stop-{how}")
+    env = {**env, "MLFLOW_EXPERIMENT_ID": experiment_id}
+    command = train_command(data, 100) if how == "train SIGTERM" else mlflow_run_command(data, 100)
+    launcher = start(command, env)
+    run = wait_for_epoch(client, experiment_id)
+    training = psutil.Process(int(run.data.tags[liveness.PID_TAG]))
+    time.sleep(2.0)  # mid-epoch
+    sent = time.time()
+    if how == "mlflow run Ctrl-C":
+        os.killpg(launcher.pid, signal.SIGINT)
+    else:
+        launcher.send_signal(signal.SIGTERM)
+    training.wait(timeout=120)
+    exited = time.time() - sent
+    launcher.wait(timeout=120)
+    status, deadline = None, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        info = client.get_run(run.info.run_id).info
+        status = info.status
+        if status == "KILLED":
+            break
+        time.sleep(0.1)
+    return info.end_time / 1000 - sent, exited, status
+
+
+def epoch_seconds(data, env, client, interval):
+    experiment_id = new_experiment(client, f"metrics-{interval}")
+    env = {**env, "MLFLOW_EXPERIMENT_ID": experiment_id}
+    command = [*train_command(data, METRICS_EPOCHS), "--system_metrics_interval", str(interval)]
+    subprocess.run(command, cwd=PROJECT, env=env, check=True, capture_output=True)
+    (run,) = client.search_runs([experiment_id])
+    return [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")][1:]
+
+
+def checkpoint_probe(data):
+    """In this process: one 3-epoch run, timing each checkpoint write inside it."""
+    from experiments import resolve
+    from pipelines.params import parse_params
+    from pipelines.train import train
+
+    writes = []
+    write = checkpoints.RunCheckpoint._save_model
+
+    def timed_write(self):
+        start = time.perf_counter()
+        write(self)
+        writes.append(time.perf_counter() - start)
+
+    checkpoints.RunCheckpoint._save_model = timed_write
+    task, variant = resolve("mnist_cnn")
+    mlflow.set_experiment(experiment_id=os.environ["MLFLOW_EXPERIMENT_ID"])
+    result = train(task, variant, parse_params(task, variant, {"data": data, "epochs": "3"}))
+    epochs = [m.value for m in mlflow.MlflowClient().get_metric_history(result.run_id, "epoch_time_s")]
+    artifacts = Path(mlflow.get_run(result.run_id).info.artifact_uri.removeprefix("file://"))
+    print(
+        json.dumps(
+            {
+                "run_id": result.run_id,
+                "writes": writes,
+                "epochs": epochs,
+                "checkpoint_bytes": _bytes(artifacts / "checkpoints"),
+                "run_bytes": _bytes(artifacts),
+            }
+        )
+    )
+
+
+def _bytes(folder):
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def first_epoch_seconds(command, env):
+    """Seconds from starting `command` to Keras announcing its first epoch (verbose 2 prints it as it starts)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    for line in process.stdout:
+        if line.startswith("Epoch "):
+            seconds = time.perf_counter() - start
+            break
+    process.wait()
+    return seconds
+
+
+def heartbeat_seconds(client):
+    run_id = client.create_run(new_experiment(client, "heartbeat")).info.run_id
+    times = []
+    for _ in range(HEARTBEATS):
+        start = time.perf_counter()
+        client.set_tag(run_id, liveness.HEARTBEAT_TAG, liveness.timestamp(liveness.now()))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _write_share(probes):
+    return statistics.median(statistics.median(p["writes"]) / statistics.median(p["epochs"]) for p in probes)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--probe-checkpoints", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe_checkpoints:
+        return checkpoint_probe(args.probe_checkpoints)
+    data = str((args.data_dir / "mnist.npz").resolve())
+    folder = Path(tempfile.mkdtemp(prefix="run-states-"))
+    uri = f"sqlite:///{folder}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+
+    stops = {how: [] for how in ("train SIGTERM", "mlflow run SIGTERM", "mlflow run Ctrl-C")}
+    for _ in range(args.repeats):
+        for how in stops:
+            stops[how].append(stop_latency(how, data, env, client))
+            print(how, stops[how][-1], flush=True)
+    epochs = {interval: [] for interval in (0, 10, 1)}
+    for _ in range(args.repeats):
+        for interval in epochs:
+            epochs[interval] += epoch_seconds(data, env, client, interval)
+            print("system metrics", interval, epochs[interval][-3:], flush=True)
+    beat = heartbeat_seconds(client)
+    probes, env = [], {**env, "MLFLOW_EXPERIMENT_ID": new_experiment(client, "checkpoints")}
+    for _ in range(args.repeats):
+        completed = subprocess.run(
+            [sys.executable, __file__, "--probe-checkpoints", data],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        probes.append(json.loads([line for line in completed.stdout.splitlines() if line.startswith("{")][-1]))
+    resumed, fresh = [], []
+    for probe in probes:
+        fresh.append(first_epoch_seconds([*train_command(data, 4)], env))
+        resumed.append(first_epoch_seconds([*train_command(data, 4), "--resume", probe["run_id"]], env))
+
+    command = "python benchmarks/run_states.py" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+    lines = [
+        "# Run states: stop latency, system metrics, heartbeat",
+        "",
+        f"{machine()}. Tracking store: SQLite. `mnist_cnn` (default recipe) on full MNIST. Produced by:",
+        "",
+        f"    {command}",
+        "",
+        "## Time from a stop signal to the run's end",
+        "",
+        'Sent 2 s into the second epoch. "Run ended" is the run\'s end time in the store; for Ctrl-C on '
+        "`mlflow run` the end MLflow writes (FAILED) is replaced by KILLED once it has exited, "
+        "as the status column shows.",
+        "",
+        "| Stop | Run ended (median, max) | Training process gone (median, max) | Final status |",
+        "|---|---|---|---|",
+    ]
+    for how, results in stops.items():
+        ended, gone, statuses = zip(*results, strict=True)
+        lines.append(
+            f"| {how} | {statistics.median(ended):.2f} s, {max(ended):.2f} s "
+            f"| {statistics.median(gone):.2f} s, {max(gone):.2f} s | {', '.join(sorted(set(statuses)))} |"
+        )
+    base = statistics.median(epochs[0])
+    lines += [
+        "",
+        "## System metrics",
+        "",
+        f"Epochs 2 to {METRICS_EPOCHS} of {args.repeats} runs per setting, alternated.",
+        "",
+        "| Sampling interval | Median epoch | Against none |",
+        "|---|---|---|",
+    ]
+    for interval, seconds in epochs.items():
+        label = "none (0)" if interval == 0 else f"{interval} s" + (" (default)" if interval == 10 else "")
+        lines.append(f"| {label} | {statistics.median(seconds):.2f} s | {statistics.median(seconds) / base:.3f} |")
+    lines += [
+        "",
+        "## Heartbeat",
+        "",
+        f"One heartbeat (a tag written to the store) takes {beat * 1000:.1f} ms (median of {HEARTBEATS}), once "
+        f"every {liveness.HEARTBEAT_SECONDS} s, from its own thread: {beat / liveness.HEARTBEAT_SECONDS:.4%} "
+        "of the time.",
+        "",
+        "## Checkpoints",
+        "",
+        "Every epoch's checkpoint (weights and optimizer state, the generators' states, history), written "
+        "to the run's artifacts and the one before deleted, timed inside 3-epoch runs.",
+        "",
+        "| Measure | Value |",
+        "|---|---|",
+        f"| A checkpoint's write (median) | {statistics.median(w for p in probes for w in p['writes']):.3f} s |",
+        f"| An epoch (median) | {statistics.median(e for p in probes for e in p['epochs']):.2f} s |",
+        f"| Write against epoch (median of runs) | {_write_share(probes):.2%} (target ≤ 2%) |",
+        f"| Disk: the run's checkpoint / all its artifacts | {probes[0]['checkpoint_bytes'] / 2**20:.2f} MiB "
+        f"/ {probes[0]['run_bytes'] / 2**20:.2f} MiB |",
+        f"| From the command to the first epoch: a new run / resuming (median) | {statistics.median(fresh):.1f} s "
+        f"/ {statistics.median(resumed):.1f} s |",
+    ]
+    write_results(REPORT, "\n".join(lines))
+    print(REPORT.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Per-epoch checkpoints of a training, kept with its run in MLflow's artifact store, and
+the per-epoch metrics, logged with them.
+
+A checkpoint is Keras' `BackupAndRestore` backup (the weights with the optimizer's state,
+and the epochs done) plus what that backup leaves out and a resumed training needs to
+continue exactly: the random generators' states of the model's dropout and augmentation
+layers, early stopping's state, and the history so far. Under the run's artifacts:
+
+    checkpoints/epoch-0003/latest.weights.h5         Keras: weights and optimizer state
+    checkpoints/epoch-0003/training_metadata.json    Keras: the epochs done
+    checkpoints/epoch-0003/state.json                ours, uploaded last
+
+`state.json` completes a checkpoint and holds the weights' digest: a write cut short (a
+kill, a lost connection) leaves a folder without a readable one, which readers skip,
+and the previous checkpoint is deleted only once the new one is complete. The latest
+checkpoint is kept, and the best epoch's when early stopping is on. Through a tracking
+server the artifacts live on the server, so any machine can resume.
+
+An epoch's metrics are logged right after the checkpoint that holds it, never before: a
+training killed after its last checkpoint resumes from it, recomputes the epochs after it
+and logs them then, so that no step is missing from the run or logged twice. A kill
+between a checkpoint and its metrics leaves steps the resumed training logs from the
+checkpoint's history.
+"""
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import keras
+import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+ARTIFACT_DIR = "checkpoints"
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "latest.weights.h5"  # BackupAndRestore's names
+METADATA_FILE = "training_metadata.json"
+# Epochs of milliseconds (xor, churn) would spend more time checkpointing than training:
+# a checkpoint is written at most this often, and always after the last epoch. A kill then
+# loses at most this much training besides the epoch under way.
+MIN_SECONDS_BETWEEN = 1.0
+SEED_STATE = "seed_generator_state"  # Keras' name for a random generator's state variable
+EPOCH_SECONDS = "epoch_time_s"  # each epoch's wall time, logged beside Keras' metrics
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
+
+
+def folder(epoch):
+    """The artifact folder of the checkpoint taken after `epoch` epochs."""
+    return f"{ARTIFACT_DIR}/epoch-{epoch:04d}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint of a run, downloaded into `local`."""
+
+    run_id: str
+    path: str  # artifact folder: checkpoints/epoch-0003
+    local: Path  # the folder holding its files here
+    state: dict  # epoch, history, epoch_seconds, train_seconds, seed_states, early_stopping, weights_sha256
+    best_local: Path | None = None  # the best epoch's files, when early stopping kept another
+
+    @property
+    def epoch(self):
+        """Epochs done when it was taken."""
+        return self.state["epoch"]
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class RunCheckpoint(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose backups go to the run's artifacts as complete checkpoints.
+
+    Given a `restored` checkpoint, training continues from it: Keras loads the weights,
+    optimizer state and epoch at `on_train_begin`, and this adds the generators' states
+    and early stopping's. `history` holds every epoch's logs, those before the checkpoint
+    included, and `seconds_before` the training time up to the checkpoint.
+    """
+
+    def __init__(self, run_id, workdir, early_stopping=None, restored=None):
+        super().__init__(backup_dir=str(workdir), delete_checkpoint=False)
+        self.run_id = run_id
+        self.workdir = Path(workdir)
+        self.early_stopping = early_stopping
+        self.restored = restored
+        state = restored.state if restored else {}
+        self.history = {name: list(values) for name, values in state.get("history", {}).items()}
+        self.epoch_seconds = list(state.get("epoch_seconds", []))
+        self.seconds_before = state.get("train_seconds", 0.0)
+        self.best_path = None
+        self.kept = []  # this run's folders that hold checkpoints
+        if restored and restored.run_id == run_id:  # not a new run started from another's checkpoint
+            self.best_path = (state.get("early_stopping") or {}).get("path")
+            self.kept = [path for path in (restored.path, self.best_path) if path]
+        self._written_epoch = restored.epoch if restored else 0
+        self._logged_epochs = self._written_epoch  # epochs whose metrics are in the run
+        self._last_write = float("-inf")
+        self._warned = False
+        if restored:  # BackupAndRestore loads what it finds in its backup_dir
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            for name in (WEIGHTS_FILE, METADATA_FILE):
+                shutil.copy(restored.local / name, self.workdir / name)
+
+    # --- restoring ------------------------------------------------------------------
+
+    def _load_model(self):
+        if self.restored and self.early_stopping is not None:
+            self._restore_best_weights()  # before the latest: loading them replaces the model's state
+        super()._load_model()
+        if not self.restored:
+            return
+        # By position: the variables' names depend on what else this process has built.
+        states = self.restored.state.get("seed_states", [])
+        for variable, value in zip(_seed_states(self.model), states, strict=False):
+            variable.assign(value)
+
+    def _restore_best_weights(self):
+        saved = self.restored.state.get("early_stopping")
+        if not saved:
+            return
+        self._best_weights = None  # the latest is the best: taken once it is loaded
+        if self.restored.best_local is not None:
+            self.model.load_weights(self.restored.best_local / WEIGHTS_FILE)
+            self._best_weights = self.model.get_weights()
+        self._saved_early_stopping = saved
+
+    def on_train_begin(self, logs=None):
+        self._fit_start = time.perf_counter()
+        super().on_train_begin(logs)
+        if self.restored:
+            self._log_restored_epochs()
+        saved = getattr(self, "_saved_early_stopping", None)
+        if self.early_stopping is None or saved is None:
+            return
+        # EarlyStopping.on_train_begin (run before this) reset its state: restore it.
+        self.early_stopping.wait = saved["wait"]
+        self.early_stopping.best = saved["best"]
+        self.early_stopping.best_epoch = saved["best_epoch"]
+        self.early_stopping.best_weights = self._best_weights or self.model.get_weights()
+
+    def _log_restored_epochs(self):
+        """The checkpoint's epochs whose metrics this run lacks: all of them in a new run
+        started from another run's checkpoint, those a kill cut off in the same run."""
+        client = mlflow.MlflowClient()
+        logged = {metric.step for metric in client.get_metric_history(self.run_id, EPOCH_SECONDS)}
+        missing = [step for step in range(self.restored.epoch) if step not in logged]
+        self._log_epochs(missing)
+
+    # --- writing --------------------------------------------------------------------
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        self._current_epoch = epoch + 1
+        last = self._current_epoch >= self.params["epochs"]
+        best = self.early_stopping is not None and self.early_stopping.best_epoch == epoch  # kept on disk
+        if last or best or time.monotonic() - self._last_write >= MIN_SECONDS_BETWEEN:
+            self._save_model()
+
+    def on_train_end(self, logs=None):
+        if self._written_epoch < self._current_epoch:  # stopped early after a skipped write
+            self._save_model()
+
+    def _save_model(self):
+        """Keras' backup into the work folder, then the checkpoint into the run's artifacts."""
+        super()._save_model()
+        epoch = self._current_epoch
+        path = folder(epoch)
+        state = {
+            "epoch": epoch,
+            "history": self.history,
+            "epoch_seconds": self.epoch_seconds,
+            "train_seconds": self.seconds_before + time.perf_counter() - self._fit_start,
+            "seed_states": [v.numpy().tolist() for v in _seed_states(self.model)],
+            "early_stopping": self._early_stopping_state(path),
+            "weights_sha256": _sha256(self.workdir / WEIGHTS_FILE),
+        }
+        (self.workdir / STATE_FILE).write_text(json.dumps(state))
+        client = mlflow.MlflowClient()
+        for name in (WEIGHTS_FILE, METADATA_FILE, STATE_FILE):  # the state last: it completes the checkpoint
+            client.log_artifact(self.run_id, str(self.workdir / name), path)
+        self._written_epoch, self._last_write = epoch, time.monotonic()
+        self._forget_superseded(path)
+        self.log_pending()
+
+    def log_pending(self):
+        """Log the metrics of the epochs done since the last logged ones."""
+        done = len(self.epoch_seconds)
+        self._log_epochs(range(self._logged_epochs, done))
+        self._logged_epochs = done
+
+    def _log_epochs(self, steps):
+        now = int(time.time() * 1000)
+        series = {**self.history, EPOCH_SECONDS: self.epoch_seconds}
+        metrics = [Metric(name, values[step], now, step) for name, values in series.items() for step in steps]
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            mlflow.MlflowClient().log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+
+    def _early_stopping_state(self, path):
+        stopping = self.early_stopping
+        if stopping is None or stopping.best is None:
+            return None
+        if stopping.best_epoch + 1 == self._current_epoch:
+            self.best_path = path
+        return {
+            "wait": stopping.wait,
+            "best": float(stopping.best),
+            "best_epoch": stopping.best_epoch,
+            "path": self.best_path,
+        }
+
+    def _forget_superseded(self, latest):
+        """Delete the run's older checkpoints but the best one."""
+        if latest not in self.kept:
+            self.kept.append(latest)
+        repository = get_artifact_repository(mlflow.MlflowClient().get_run(self.run_id).info.artifact_uri)
+        for path in [p for p in self.kept if p not in (latest, self.best_path)]:
+            try:
+                repository.delete_artifacts(path)
+            except (MlflowException, NotImplementedError, OSError) as error:
+                if not self._warned:
+                    self._warned = True
+                    print(f"warning: older checkpoints are kept: cannot delete {path} ({error})", file=sys.stderr)
+                continue
+            self.kept.remove(path)
+
+
+def _seed_states(model):
+    return [variable for variable in model.variables if variable.path.endswith(SEED_STATE)]
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def latest(run_id, into=None):
+    """The run's latest complete checkpoint, downloaded into `into` (a new temporary
+    folder by default), with the best one's weights in `best/` when it differs; None if
+    the run has none."""
+    client = mlflow.MlflowClient()
+    try:
+        folders = [item.path for item in client.list_artifacts(run_id, ARTIFACT_DIR) if item.is_dir]
+    except (MlflowException, OSError):
+        return None
+    into = Path(into or tempfile.mkdtemp(prefix="checkpoint-"))
+    for path in sorted(folders, reverse=True):
+        checkpoint = _download(client, run_id, path, into)
+        if checkpoint is None:
+            continue
+        best_path = (checkpoint.state.get("early_stopping") or {}).get("path")
+        if best_path and best_path != path:
+            best = _download(client, run_id, best_path, into)
+            if best is None:
+                continue  # the best one is gone: early stopping could not go on exactly
+            checkpoint = replace(checkpoint, best_local=best.local)
+        return checkpoint
+    return None
+
+
+def _download(client, run_id, path, into):
+    """The checkpoint in artifact folder `path` if it is complete, else None."""
+    try:
+        into.mkdir(parents=True, exist_ok=True)
+        state_file = client.download_artifacts(run_id, f"{path}/{STATE_FILE}", str(into))
+        state = json.loads(Path(state_file).read_text())
+        for name in (WEIGHTS_FILE, METADATA_FILE):
+            client.download_artifacts(run_id, f"{path}/{name}", str(into))
+        state_path = Path(state_file).parent
+        if _sha256(state_path / WEIGHTS_FILE) != state["weights_sha256"]:
+            return None
+        json.loads((state_path / METADATA_FILE).read_text())
+    except (MlflowException, OSError, ValueError, KeyError, TypeError):
+        return None  # cut short while it was written
+    return Checkpoint(run_id, path, state_path, state)

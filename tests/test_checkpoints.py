@@ -1,0 +1,185 @@
+"""Per-epoch checkpoints in the run's artifacts, resume, and early stopping."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipelines import checkpoints, liveness
+from pipelines.cli import main
+from pipelines.train import prepare_data, train
+from tests.conftest import _class_images
+from tests.helpers import options, runs, start
+
+# Epochs of a few seconds here, longer than checkpoints.MIN_SECONDS_BETWEEN: each is
+# checkpointed, and the test has time to kill the training in its third.
+KILL_IMAGES = 8000
+KILL_RECIPE = {"epochs": 4, "batch_size": 16, "filters": 8, "units": 16}
+
+
+def checkpoint_folders(client, run_id):
+    return sorted(item.path for item in client.list_artifacts(run_id, checkpoints.ARTIFACT_DIR))
+
+
+def steps(client, run_id, metric):
+    return [m.step for m in client.get_metric_history(run_id, metric)]
+
+
+@pytest.fixture
+def slow_mnist(tmp_path):
+    """An MNIST-layout file big enough for epochs of a second or two with KILL_RECIPE."""
+    rng = np.random.default_rng(0)
+    y_train, y_test = np.arange(KILL_IMAGES) % 10, np.arange(200) % 10
+    path = tmp_path / "mnist-8000.npz"
+    np.savez(
+        path,
+        x_train=_class_images(y_train, 28, rng),
+        y_train=y_train.astype("uint8"),
+        x_test=_class_images(y_test, 28, rng),
+        y_test=y_test.astype("uint8"),
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_a_training_killed_after_epoch_2_of_4_resumes_to_the_uninterrupted_result(store, slow_mnist):
+    recipe = {**KILL_RECIPE, "data": slow_mnist}
+    argv = ["--task", "mnist_cnn", *options(**recipe)]
+    assert main(["train", *argv]) == 0
+    (uninterrupted,) = runs(store)
+
+    process = start(
+        [sys.executable, "-m", "pipelines", "train", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        run_id = _run_once_it_has(store, uninterrupted.info.run_id, checkpoints.folder(2))
+        os.kill(process.pid, signal.SIGKILL)  # mid-epoch 3: nothing runs in the process after this
+    finally:
+        process.kill()
+        process.wait()
+    assert store.get_run(run_id).info.status == "RUNNING"
+    assert checkpoints.folder(4) not in checkpoint_folders(store, run_id)
+
+    assert main(["train", *argv, "--resume", run_id]) == 0
+    resumed = store.get_run(run_id)
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["resume.from_epoch"] in ("2", "3")  # the kill may land after epoch 3's checkpoint
+    for metric in ("loss", "val_loss", "val_accuracy", "epoch_time_s"):
+        assert steps(store, run_id, metric) == [0, 1, 2, 3], metric  # none missing, none repeated
+    # Op determinism, the data order drawn from (seed, epoch), the optimizer's and the random
+    # generators' states restored: the same numbers as the training that was never stopped.
+    for metric in ("test_accuracy", "test_loss", "val_loss"):
+        assert resumed.data.metrics[metric] == uninterrupted.data.metrics[metric], metric
+    assert checkpoint_folders(store, run_id) == [checkpoints.folder(4)]  # only the latest is kept
+
+
+def _run_once_it_has(store, other_run_id, folder, timeout=180):
+    """The id of the training run (not `other_run_id`) once its checkpoint `folder` is complete."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in runs(store):
+            if run.info.run_id != other_run_id and f"{folder}/{checkpoints.STATE_FILE}" in {
+                item.path for item in store.list_artifacts(run.info.run_id, folder)
+            }:
+                return run.info.run_id
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint {folder} within {timeout} s")
+
+
+def test_a_checkpoint_cut_short_is_skipped_and_the_one_before_loads(store, tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "MIN_SECONDS_BETWEEN", 0)  # a checkpoint after every epoch
+    task, variant, params = tiny.params("churn", epochs=2)
+    run_id = train(task, variant, params).run_id
+    assert checkpoint_folders(store, run_id) == [checkpoints.folder(2)]  # epoch 1's was deleted
+    # What a kill while epoch 3's checkpoint was written leaves: its weights cut short, and
+    # its state file missing, or there but for other weights.
+    whole = store.download_artifacts(run_id, f"{checkpoints.folder(2)}/{checkpoints.WEIGHTS_FILE}", str(tmp_path))
+    cut = tmp_path / "cut" / checkpoints.WEIGHTS_FILE
+    cut.parent.mkdir()
+    cut.write_bytes(open(whole, "rb").read()[:1000])
+    store.log_artifact(run_id, str(cut), checkpoints.folder(3))
+    assert checkpoints.latest(run_id).path == checkpoints.folder(2)
+    state = store.download_artifacts(run_id, f"{checkpoints.folder(2)}/{checkpoints.STATE_FILE}", str(tmp_path))
+    store.log_artifact(run_id, state, checkpoints.folder(3))  # the state of a whole checkpoint, cut weights
+    assert checkpoints.latest(run_id).path == checkpoints.folder(2)
+
+    assert main(["train", *tiny.argv("churn", epochs=3), "--resume", run_id]) == 0
+    assert steps(store, run_id, "loss") == [0, 1, 2]
+    assert store.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown", "error: resume: no run 0123456789abcdef0123456789abcdef in the tracking store"),
+        ("finished", "error: epochs: run {run} FINISHED its 2 epochs; give more epochs to train it further"),
+        ("other_parameter", "error: units: run {run} was trained with units=6, not 7; a resumed run keeps"),
+        ("other_entry_point", "error: resume: run {run} trained churn, not xor"),
+        ("fewer_epochs", "error: epochs: run {run} has trained 2 epochs already; give at least that many"),
+        ("other_data", "error: data: the "),
+        ("no_checkpoint", "error: resume: run {run} has no checkpoint to resume from"),
+        ("alive", "error: resume: run {run} is RUNNING, its process"),
+        ("trial", "error: resume: run {run} is a trial of sweep s; run the sweep again"),
+    ],
+)
+def test_resume_refuses_in_one_line_and_leaves_the_run_as_it_was(case, message, store, tiny, capsys):
+    argv = tiny.argv("churn", epochs=3)
+    run_id = train(*tiny.params("churn", epochs=2)).run_id
+    if case == "unknown":
+        run_id = "0123456789abcdef0123456789abcdef"
+    elif case == "finished":
+        argv = tiny.argv("churn", epochs=2)
+    elif case == "other_parameter":
+        argv = tiny.argv("churn", epochs=3, units=7)
+    elif case == "other_entry_point":
+        argv = tiny.argv("xor", epochs=3)
+    elif case == "fewer_epochs":
+        store.set_terminated(run_id, "KILLED")
+        argv = tiny.argv("churn", epochs=1)
+    elif case == "other_data":
+        csv = tiny.data_files["churn"]
+        csv.write_text(csv.read_text().replace(",France,", ",Spain,", 1))
+    else:
+        tags = {"entry_point": "churn", "task": "churn", "variant": "mlp"}
+        if case == "alive":
+            tags |= liveness.process_tags()  # this very process: alive
+        if case == "trial":
+            tags |= {"sweep": "trial", "optuna.study_name": "s"}
+        run_id = store.create_run(os.environ["MLFLOW_EXPERIMENT_ID"], tags=tags).info.run_id
+        if case == "no_checkpoint":
+            store.set_terminated(run_id, "KILLED")
+    before = None if case == "unknown" else store.get_run(run_id).info
+    capsys.readouterr()
+
+    assert main(["train", *argv, "--resume", run_id]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message.format(run=run_id)), err
+    if case == "other_data":
+        assert f"split differs from the one run {run_id} was trained on" in err[0]
+    if before is not None:
+        after = store.get_run(run_id).info
+        assert (after.status, after.end_time) == (before.status, before.end_time)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_logs_its_model(store, tiny):
+    patience, epochs = 1, 40
+    task, variant, params = tiny.params("churn", epochs=epochs, patience=patience)
+    result = train(task, variant, params)
+    run = store.get_run(result.run_id)
+    accuracy = [m.value for m in store.get_metric_history(result.run_id, "val_accuracy")]
+    best, stopped = int(run.data.metrics["best_epoch"]), int(run.data.metrics["stopped_epoch"])
+    assert stopped == len(accuracy) < epochs  # it stopped early...
+    assert best == int(np.argmax(accuracy)) + 1 and stopped == best + patience  # ...once patience ran out
+    # The logged model is the best epoch's: it scores that epoch's validation loss, not the last one's.
+    splits = prepare_data(task, variant, params)
+    model = mlflow.keras.load_model(f"models:/{result.model_id}")
+    val_loss = model.evaluate(splits.x_val, splits.y_val, verbose=0, return_dict=True)["loss"]
+    losses = [m.value for m in store.get_metric_history(result.run_id, "val_loss")]
+    assert val_loss == pytest.approx(losses[best - 1], rel=1e-4) and val_loss != pytest.approx(losses[-1], rel=1e-4)
+    # The latest checkpoint and the best one are kept.
+    assert checkpoint_folders(store, result.run_id) == [checkpoints.folder(best), checkpoints.folder(stopped)]
