@@ -30,8 +30,9 @@ sys.path.insert(0, str(PROJECT))
 from report import write_results  # noqa: E402  (benchmarks/report.py, beside this script)
 
 from experiments import resolve  # noqa: E402
+from pipelines.data import prepare_data  # noqa: E402
 from pipelines.params import parse_params  # noqa: E402
-from pipelines.train import STEPS_PER_EXECUTION, ShuffledBatches, build_model, prepare_data, train  # noqa: E402
+from pipelines.train import STEPS_PER_EXECUTION, ShuffledBatches, build_model, train  # noqa: E402
 
 OUT = PROJECT / "benchmarks" / "out"
 REPORT = PROJECT / "benchmarks" / "performance.md"

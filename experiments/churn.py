@@ -1,14 +1,14 @@
 """Bank customer churn: will a customer leave? An 11-6-6-1 MLP on Churn_Modelling.csv."""
 
-import keras
+import lazy_loader as lazy
 from optuna.distributions import FloatDistribution, IntDistribution
-from sklearn.compose import ColumnTransformer
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from experiments.datafiles import PROJECT_DATA, existing_path, numeric_columns, read_csv
 from experiments.task import InputError, Param, Splits, Task, Variant
+
+# Imported when data is read or a model built: --help, --dry_run and a refused parameter need neither.
+keras = lazy.load("keras")
+sklearn = lazy.load("sklearn")
 
 NUMERIC_FEATURES = [
     "CreditScore",
@@ -33,7 +33,7 @@ def load_churn(data_path, seed):
     if not frame[TARGET].isin([0, 1]).all():
         raise InputError(f"{path}: column {TARGET} must hold only 0 and 1")
     features = frame[["Geography", "Gender", *NUMERIC_FEATURES]]
-    x_train, x_test, y_train, y_test = train_test_split(
+    x_train, x_test, y_train, y_test = sklearn.model_selection.train_test_split(
         features,
         frame[TARGET].to_numpy("float32"),
         test_size=TEST_FRACTION,
@@ -42,15 +42,19 @@ def load_churn(data_path, seed):
     )
     # One-hot Geography (first level dropped), encode Gender, then scale everything,
     # all fitted on the training split only.
-    preprocess = make_pipeline(
-        ColumnTransformer(
+    preprocess = sklearn.pipeline.make_pipeline(
+        sklearn.compose.ColumnTransformer(
             [
-                ("geography", OneHotEncoder(drop="first", handle_unknown="ignore"), ["Geography"]),
-                ("gender", OrdinalEncoder(), ["Gender"]),
+                (
+                    "geography",
+                    sklearn.preprocessing.OneHotEncoder(drop="first", handle_unknown="ignore"),
+                    ["Geography"],
+                ),
+                ("gender", sklearn.preprocessing.OrdinalEncoder(), ["Gender"]),
             ],
             remainder="passthrough",
         ),
-        StandardScaler(),
+        sklearn.preprocessing.StandardScaler(),
     )
     x_train = preprocess.fit_transform(x_train).astype("float32")
     x_test = preprocess.transform(x_test).astype("float32")

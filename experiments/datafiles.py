@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
-import pandas as pd
+import lazy_loader as lazy
 
 from experiments.task import InputError
+
+pd = lazy.load("pandas")  # imported when a CSV is read
 
 PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -12,14 +12,17 @@ import tarfile
 import zipfile
 from pathlib import PurePosixPath
 
-import keras
+import lazy_loader as lazy
 import numpy as np
 from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
 from experiments.datafiles import PROJECT_DATA, existing_path, read_csv
 from experiments.task import InputError, Param, Splits, Task, Variant
+
+# Imported when data is read or a model built: --help, --dry_run and a refused parameter need neither.
+keras = lazy.load("keras")
+scipy = lazy.load("scipy")
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 IMAGE_SIZE = 48
@@ -259,7 +262,7 @@ def check_sharpness(splits):
 
 def _sharpness(images, sample=2000):
     faces = images[:sample, :, :, 0].astype("float32")
-    laplacian = ndimage.laplace(faces, axes=(1, 2))  # each face on its own
+    laplacian = scipy.ndimage.laplace(faces, axes=(1, 2))  # each face on its own
     return float(np.median(laplacian.reshape(len(faces), -1).var(axis=1)))
 
 

@@ -1,22 +1,23 @@
 """Iris: scikit-learn's bundled 150 flowers, 4 measurements, 3 species, a 4-10-10-3 MLP."""
 
-import keras
+import lazy_loader as lazy
 from optuna.distributions import FloatDistribution, IntDistribution
-from sklearn.datasets import load_iris
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 from experiments.task import Param, Splits, Task, Variant
+
+# Imported when data is read or a model built: --help, --dry_run and a refused parameter need neither.
+keras = lazy.load("keras")
+sklearn = lazy.load("sklearn")
 
 TEST_FRACTION = 0.2
 
 
 def load_iris_splits(data_path, seed):
-    iris = load_iris()
-    x_train, x_test, y_train, y_test = train_test_split(
+    iris = sklearn.datasets.load_iris()
+    x_train, x_test, y_train, y_test = sklearn.model_selection.train_test_split(
         iris.data, iris.target, test_size=TEST_FRACTION, stratify=iris.target, random_state=seed
     )
-    scaler = StandardScaler().fit(x_train)  # statistics from the training split only
+    scaler = sklearn.preprocessing.StandardScaler().fit(x_train)  # statistics from the training split only
     return Splits(
         scaler.transform(x_train).astype("float32"),
         y_train,

@@ -1,10 +1,13 @@
 """Linear regression: one Dense(1) unit learns f(x) = 2x + 1 from 1000 points in [1, 2]."""
 
-import keras
+import lazy_loader as lazy
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from experiments.task import Splits, Task, Variant
+
+# Imported when a model is built: --help, --dry_run and a refused parameter need none of it.
+keras = lazy.load("keras")
 
 TRUE_WEIGHT = 2.0
 TRUE_BIAS = 1.0

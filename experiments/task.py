@@ -131,15 +131,17 @@ class Splits:
 class Variant:
     """One model of a task: its builder, its knobs, its defaults and optional data/metric hooks.
 
-    `build(input_shape, num_outputs, **knobs)` returns an uncompiled model; `knobs` declares
-    each keyword it takes. `defaults` overrides the default of a training parameter or a knob
-    for this variant. `search_space` maps parameter names to Optuna distributions: what a
-    sweep tunes.
+    `build(input_shape, num_outputs, **knobs, **fixed)` returns an uncompiled model; `knobs`
+    declares each keyword a run may set, `fixed` gives the others. A builder declares no
+    defaults of its own: each value is in one place, the variant's entry. `defaults`
+    overrides the default of a training parameter or a knob for this variant.
+    `search_space` maps parameter names to Optuna distributions: what a sweep tunes.
     """
 
     build: Callable
     description: str
     knobs: dict[str, Param] = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)  # the builder's other arguments: this variant's, never tuned
     defaults: dict = field(default_factory=dict)
     search_space: dict[str, BaseDistribution] = field(default_factory=dict)
     reference: str = ""  # the tutorial result this variant reproduces

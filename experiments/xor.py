@@ -1,10 +1,13 @@
 """XOR: the smallest problem a linear model cannot solve, and a 2-8-4-1 MLP that can."""
 
-import keras
+import lazy_loader as lazy
 import numpy as np
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from experiments.task import Param, Splits, Task, Variant
+
+# Imported when a model is built: --help, --dry_run and a refused parameter need none of it.
+keras = lazy.load("keras")
 
 XOR_INPUTS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype="float32")
 XOR_TARGETS = np.array([0, 1, 1, 0], dtype="float32")

@@ -1,4 +1,4 @@
-"""The command line: `python -m pipelines train --task mnist_cnn_bn --epochs 3`, and sweep, promote, compare, workflow.
+"""The commands train, sweep, promote, compare, workflow and reap: `python -m pipelines train --task mnist_cnn`.
 
 Every option and its --help line come from the declarations of the parameters and
 settings. Bad input ends with one `error:` line naming the parameter or file and exit
@@ -8,11 +8,12 @@ RUNNING.
 """
 
 import argparse
+import functools
 import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -34,45 +35,47 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL"}
 
 
-# --- the commands: each a thin adapter from parsed settings to the module that does the work -----
+# --- the commands: each a thin adapter from a parsed command line to the module that does the work ---
 
 
-def train_command(settings, overrides):
-    task, variant = resolve(settings["task"], settings["variant"])
-    if settings["dry_run"]:
-        plan = recipe(task, variant, overrides)
-        return _print_dry_run({**plan, "resume": settings["resume"]} if settings["resume"] else plan)
-    params = parse_params(task, variant, overrides)
+def train_command(line):
+    task, variant = line.entry_point
+    if line.settings["dry_run"]:
+        plan = recipe(task, variant, line.params, line.given)
+        return _print_dry_run({**plan, "resume": line.settings["resume"]} if line.settings["resume"] else plan)
 
     from pipelines.tracking import use_experiment
     from pipelines.train import train
 
-    use_experiment(settings["experiment"], task.name)
+    use_experiment(line.settings["experiment"], task.name)
     result = train(
         task,
         variant,
-        params,
-        system_metrics_interval=settings["system_metrics_interval"],
-        resume_run_id=settings["resume"],
+        line.params,
+        system_metrics_interval=line.settings["system_metrics_interval"],
+        resume_run_id=line.settings["resume"],
     )
     print(f"run {result.run_id} finished: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
     return 0
 
 
-def sweep_command(settings, overrides):
+def sweep_command(line):
+    from pipelines.sweeps import plan
+
+    task, variant = line.entry_point
+    space, params = plan.plan(task, variant, line.settings, line.params, fixed_by_user=set(line.given))
+    if line.settings["dry_run"]:
+        return plan.print_plan(task, variant, line.settings, space, params)
     from pipelines.sweeps import coordinator
 
-    task, variant = resolve(settings["task"], settings["variant"])
-    params = parse_params(task, variant, overrides)
-    run = coordinator.dry_run if settings["dry_run"] else coordinator.run_sweep
-    return run(task, variant, settings, params, fixed_by_user=set(overrides))
+    return coordinator.run_sweep(task, variant, line.settings, space, params)
 
 
-def sweep_worker_command(settings, overrides):
-    from pipelines.sweeps.worker import run_worker
-
+def sweep_worker_command(line):
     if sweep_settings.WORKER_SPEC_ENV not in os.environ:
         raise InputError("sweep-worker: started by `sweep` only; run `python -m pipelines sweep` instead")
+    from pipelines.sweeps.worker import run_worker
+
     # Ctrl-C reaches the whole process group; the coordinator then stops its workers with
     # one SIGTERM each. A worker whose coordinator is gone (kill -9) stops too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -81,34 +84,34 @@ def sweep_worker_command(settings, overrides):
     return 0
 
 
-def promote_command(settings, overrides):
-    registry.run_promotion(**settings)
+def promote_command(line):
+    registry.run_promotion(**line.settings)
     return 0
 
 
-def compare_command(settings, overrides):
-    compare.run_comparison(settings["model"], settings["output"], settings["experiment"])
+def compare_command(line):
+    compare.run_comparison(line.settings["model"], line.settings["output"], line.settings["experiment"])
     return 0
 
 
-def reap_command(settings, overrides):
-    liveness.reap(**settings)
+def reap_command(line):
+    liveness.reap(**line.settings)
     return 0
 
 
-def workflow_command(settings, overrides):
-    task, variant = resolve(settings["task"], settings["variant"])
-    parse_params(task, variant, overrides)  # they fix training parameters: checked before any step starts
-    workflow.run_workflow(task, variant, settings, overrides)
+def workflow_command(line):
+    task, variant = line.entry_point
+    workflow.run_workflow(task, variant, line.settings, line.given)  # given ones are checked: before any step
     return 0
 
 
 @dataclass(frozen=True)
 class Command:
-    run: Callable[[dict, dict], int]  # (settings, training parameter overrides as text) -> exit code
+    run: Callable  # (CommandLine) -> exit code
     help: str
     settings: dict[str, Param]
     training_params: str = ""  # how the entry point's training parameters apply; empty: not taken
+    hidden: bool = False  # not listed in --help
 
 
 TRAIN_SETTINGS = {
@@ -148,11 +151,22 @@ COMMANDS = {
         "end the RUNNING runs whose process is gone (no heartbeat for --stale_after seconds) as FAILED",
         liveness.SETTINGS,
     ),
-    "sweep-worker": Command(sweep_worker_command, "(internal) a sweep's worker process", {}),
+    "sweep-worker": Command(sweep_worker_command, "a sweep's worker process, started by sweep", {}, hidden=True),
 }
 
 
-# --- parsing: argparse built from the declarations ----------------------------------------------
+# --- parsing: one pass, built from the declarations ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """What the words after `python -m pipelines` ask for, every value checked."""
+
+    command: str
+    settings: dict  # every setting of the command: given, else its declared default
+    entry_point: tuple | None = None  # (task, variant), for the commands that run one
+    params: dict = field(default_factory=dict)  # the entry point's training parameters, defaults included
+    given: dict = field(default_factory=dict)  # those given on the command line, as given
 
 
 class _Parser(argparse.ArgumentParser):
@@ -172,18 +186,23 @@ def _shown(value):
 
 
 def _add_options(group, declared):
+    """An option per declaration, parsed and checked by it; a boolean given bare means true."""
     for name, param in declared.items():
         rule = "" if param.rule == "text" else f"; {param.rule}"
+        bare = {"nargs": "?", "const": True} if param.type is bool else {}
         group.add_argument(
             f"--{name}",
             metavar=TYPE_NAMES[param.type],
-            default=argparse.SUPPRESS,  # only what is given is parsed: defaults come from the declarations
+            type=functools.partial(param.parse, name),
+            default=argparse.SUPPRESS,  # what is not given takes its declared default
             help=f"{param.help} (default {_shown(param.default)}{rule})".replace("%", "%%"),
+            **bare,
         )
 
 
 def command_parser(name, command, entry_point=None):
-    """The command's parser: its settings, and the training parameters of `entry_point` when it takes them."""
+    """The command's parser as --help shows it: its settings, and the training parameters of
+    `entry_point` when it takes them."""
     parser = _Parser(prog=f"python -m pipelines {name}", description=command.help)
     _add_options(parser.add_argument_group("settings"), command.settings)
     if command.training_params and entry_point:
@@ -195,26 +214,55 @@ def command_parser(name, command, entry_point=None):
 
 
 def parse_command_line(argv):
-    """(command name, settings, training parameter overrides as text) from the words after `python -m pipelines`."""
+    """The CommandLine of the words after `python -m pipelines`; bad input raises InputError.
+
+    argparse reads the command's settings; the rest are the entry point's training
+    parameters (`--name value` or `--name=value`), checked by their declarations.
+    """
+    name = _command_name(argv[:1])
+    command, words = COMMANDS[name], [_underscored(word) for word in argv[1:]]
+    settings_parser = _Parser(add_help=False)
+    _add_options(settings_parser, command.settings)
+    given_settings, rest = settings_parser.parse_known_args(words)
+    settings = {n: getattr(given_settings, n, param.default) for n, param in command.settings.items()}
+    entry_point = resolve(settings["task"], settings["variant"]) if command.training_params else None
+    if {"-h", "--help"} & set(rest):
+        command_parser(name, command, entry_point).print_help()
+        raise SystemExit(0)
+    if not command.training_params:
+        if rest:
+            raise InputError(_unknown_message(rest[0], command, entry_point))
+        return CommandLine(name, settings)
+    given = _training_params(rest, command, entry_point)
+    return CommandLine(name, settings, entry_point, parse_params(*entry_point, given), given)
+
+
+def _command_name(words):
     top = _Parser(prog="python -m pipelines", description=__doc__.split("\n")[0])
     names = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        names.add_parser(name, help=command.help, add_help=False)
-    name = top.parse_args(argv[:1]).command
-    command, words = COMMANDS[name], [_underscored(word) for word in argv[1:]]
-    entry_point = None
-    if command.training_params:
-        chosen = _Parser(add_help=False)
-        _add_options(chosen, ENTRY_POINT_SETTINGS)
-        given, _ = chosen.parse_known_args(words)
-        given = {**{n: p.default for n, p in ENTRY_POINT_SETTINGS.items()}, **vars(given)}
-        entry_point = resolve(given["task"], given["variant"])
-    given, unknown = command_parser(name, command, entry_point).parse_known_args(words)
-    if unknown:
-        raise InputError(_unknown_message(unknown[0], command, entry_point))
-    given = vars(given)
-    settings = {n: p.parse(n, given[n]) if n in given else p.default for n, p in command.settings.items()}
-    return name, settings, {n: value for n, value in given.items() if n not in command.settings}
+        names.add_parser(name, add_help=False, **({} if command.hidden else {"help": command.help}))
+    return top.parse_args(words).command
+
+
+def _training_params(words, command, entry_point):
+    """{name: text} from `--name value` and `--name=value` words."""
+    task, variant = entry_point
+    declared, given = declared_params(task, variant), {}
+    words = list(words)
+    while words:
+        word = words.pop(0)
+        if not word.startswith("--") or len(word) == 2:
+            raise InputError(f"unexpected argument '{word}': parameters are given as --name value")
+        name, equals, value = word[2:].partition("=")
+        if name not in declared:
+            raise InputError(_unknown_message(word, command, entry_point))
+        if not equals:
+            if not words or words[0].startswith("--"):
+                raise InputError(f"{name}: missing value")
+            value = words.pop(0)
+        given[name] = value
+    return given
 
 
 def _argparse_message(error):
@@ -263,12 +311,12 @@ def main(argv=None):
         stopping.watch_launcher(launcher)
     try:
         try:
-            name, settings, overrides = parse_command_line(argv)
+            line = parse_command_line(argv)
         except SystemExit as finished:  # --help
             return finished.code
         except argparse.ArgumentError as error:
             raise InputError(_argparse_message(error)) from None
-        return COMMANDS[name].run(settings, overrides)
+        return COMMANDS[line.command].run(line)
     except InputError as error:
         return _stop(f"error: {error}", "FAILED", EXIT_BAD_INPUT)
     except RunFailed as error:

@@ -17,17 +17,18 @@ import time
 from pathlib import Path
 
 import jinja2
-import matplotlib.pyplot as plt
-import mlflow
+import lazy_loader as lazy
 import numpy as np
-import pandas as pd
-from matplotlib.ticker import MaxNLocator
-from mlflow.exceptions import MlflowException
 
 from experiments import TASKS, InputError, Param
-from pipelines import reporting, tracking
+from pipelines import tracking
 from pipelines.params import MAIN_ENTRY_POINT, NAME_PATTERN, TRAINING_PARAMS
 from pipelines.registry import CHAMPION, test_digest
+
+# Imported on first use: --help and a refused setting need none of them.
+mlflow = lazy.load("mlflow")
+pd = lazy.load("pandas")
+plt = lazy.load("matplotlib.pyplot", suppress_warning=True)
 
 # The params shown for each version: the training recipe, then every knob any task declares.
 KEY_PARAMS = tuple(
@@ -103,7 +104,7 @@ def _versions(client, name, alias, number, part):
         if number:
             return [client.get_model_version(name, number)]
         found = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
+    except mlflow.MlflowException:
         found = []
     if not found:
         known = ", ".join(sorted(m.name for m in client.search_registered_models())) or "none"
@@ -181,7 +182,7 @@ def learning_curves_figure(client, versions, labels):
             if name in history:
                 axis.plot(np.arange(1, len(history[name]) + 1), history[name], label=label, marker=".")
         axis.set(title=name, xlabel="epoch", ylabel=name)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
     figure.tight_layout()
@@ -199,6 +200,8 @@ def _history(client, run_id):
 
 def confusion_figure(versions, labels):
     """The versions' test confusion matrices side by side, or None for regression."""
+    from pipelines import reporting  # scikit-learn's display: imported when a figure is drawn
+
     matrices = {}
     for label, version in zip(labels, versions, strict=True):
         try:

@@ -30,7 +30,7 @@ GENERATED = (
 HEADER = (
     GENERATED + "# Entry points: one per task variant (main is mnist_cnn), then sweep, promote, compare,\n"
     "# workflow and reap, and train (any task and variant). Every -P name=value they do not list is passed on as\n"
-    "# --name value: a training parameter, fixed for every trial of a sweep.\n"
+    "# --name=value: a training parameter, fixed for every trial of a sweep.\n"
 )
 ENVIRONMENT = {"conda_env": "conda.yaml"}
 # The entry points run in the image's copy of the project (its WORKDIR, /app), so this folder
@@ -57,8 +57,9 @@ def entry_point(command, declared, fixed=None):
         for name, param in declared.items()
         if name not in NOT_IN_MLPROJECT and name not in (fixed or {})
     }
-    fixed_words = [f"--{name} {value}" for name, value in (fixed or {}).items()]
-    placeholders = [f"--{name} {{{name}}}" for name in parameters]
+    # --name=value: a value that starts with "-" (learning_rate=-1e-3) is not taken for an option.
+    fixed_words = [f"--{name}={value}" for name, value in (fixed or {}).items()]
+    placeholders = [f"--{name}={{{name}}}" for name in parameters]
     return {
         "parameters": parameters,
         "command": " ".join([f"python -m pipelines {command}", *fixed_words, *placeholders]),

@@ -92,9 +92,9 @@ def parse_params(task, variant, overrides):
     return params
 
 
-def recipe(task, variant, overrides):
-    """The merged recipe of a run, as `--dry_run` prints it: every parameter's value and where it came from."""
-    params = parse_params(task, variant, overrides)
+def recipe(task, variant, params, overrides):
+    """The merged recipe of a run, as `--dry_run` prints it: every parameter's value (`params`)
+    and where it came from (`overrides`: those given on the command line)."""
     source = {name: layer for layer, defaults in default_layers(task, variant) for name in defaults if name in params}
     source |= {name: "command line" for name in overrides}
     chosen = task.variants[variant]
@@ -110,5 +110,6 @@ def recipe(task, variant, overrides):
 
 
 def knob_values(task, variant, params):
-    """The parameters the variant's model builder takes."""
-    return {name: params[name] for name in task.variants[variant].knobs}
+    """The arguments the variant's model builder takes: its knobs' values, and what it fixes."""
+    chosen = task.variants[variant]
+    return {**chosen.fixed, **{name: params[name] for name in chosen.knobs}}

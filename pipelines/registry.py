@@ -9,19 +9,21 @@ are serialized by a lock, so that racing promotions lose no version and never le
 worse champion behind.
 """
 
+from __future__ import annotations  # annotations name MLflow's types without importing MLflow
+
 import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
+import lazy_loader as lazy
 from filelock import FileLock
-from mlflow.entities import LoggedModelStatus
-from mlflow.exceptions import MlflowException
 
 from experiments import InputError, Param, resolve
 from pipelines import tracking
 from pipelines.params import ENTRY_POINT_SETTINGS, NAME_PATTERN
+
+mlflow = lazy.load("mlflow")  # imported on first use: --help and a refused setting need none of it
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 SETTINGS = {
@@ -73,7 +75,7 @@ def find_candidate(task, variant, run_id="", study="", experiment_ids=None):
     if run_id:
         try:
             run = client.get_run(run_id)
-        except MlflowException:
+        except mlflow.MlflowException:
             raise InputError(f"run_id: no run {run_id} in the tracking store {mlflow.get_tracking_uri()}") from None
         if run.data.tags.get("entry_point") != entry_point:
             raise InputError(
@@ -105,7 +107,7 @@ def _candidate(run, metric):
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
     )
-    ready = [model for model in models if model.status == LoggedModelStatus.READY]
+    ready = [model for model in models if model.status == mlflow.entities.LoggedModelStatus.READY]
     if not ready:
         raise InputError(f"run_id: run {run_id} has no logged model (its model failed to log)")
     latest = max(ready, key=lambda model: model.creation_timestamp)  # a resumed run logged one more
@@ -166,7 +168,7 @@ def test_digest(run):
 def _existing_version(client, name, run_id):
     try:
         versions = client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
-    except MlflowException:
+    except mlflow.MlflowException:
         return None
     return min((str(v.version) for v in versions), key=int, default=None)
 
@@ -174,7 +176,7 @@ def _existing_version(client, name, run_id):
 def _current(client, name, alias):
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except mlflow.MlflowException:
         return None
 
 

@@ -21,6 +21,7 @@ a run's final status survives `mlflow run`.
 """
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -37,6 +38,16 @@ STOP_CAUSE_TAG = "stop.cause"  # why a run ended KILLED: a signal, or its launch
 LAUNCHER_POLL_SECONDS = 0.5
 KEEP_STATUS_TIMEOUT_SECONDS = 600  # the keeper gives up on a launcher that outlives this
 SHELLS = ("sh", "bash", "dash", "zsh")
+# SQLAlchemy names a pool's logger after its class: the pools MLFLOW_SQLALCHEMYSTORE_POOLCLASS offers.
+SQLALCHEMY_POOLS = (
+    "QueuePool",
+    "NullPool",
+    "StaticPool",
+    "SingletonThreadPool",
+    "AssertionPool",
+    "AsyncAdaptedQueuePool",
+)
+SQLALCHEMY_POOL_LOGGERS = tuple(f"sqlalchemy.pool.impl.{pool}" for pool in SQLALCHEMY_POOLS)
 
 
 class Stopped(KeyboardInterrupt):
@@ -71,6 +82,16 @@ def handle_stop_signals():
     for signum in STOP_SIGNALS:
         signal.signal(signum, _on_stop_signal)
     sys.unraisablehook = _quiet_about_discarded_stops
+    for name in SQLALCHEMY_POOL_LOGGERS:
+        logging.getLogger(name).addFilter(_quiet_about_cursors_closed_by_a_stop)
+
+
+def _quiet_about_cursors_closed_by_a_stop(record):
+    """A stop that lands inside a query makes SQLAlchemy close the connection (it takes a
+    KeyboardInterrupt for a lost one), then log, with a traceback, that the cursor could not be
+    closed. The query is abandoned either way and the run still ends KILLED: drop that record."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (error is not None and isinstance(error.__context__, Stopped))
 
 
 def _quiet_about_discarded_stops(unraisable):

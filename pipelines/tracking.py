@@ -1,4 +1,5 @@
-"""MLflow around a training run: the run's lifecycle, autologging and what we log on top."""
+"""MLflow around a run: the store, the run's lifecycle, and what a training logs on top of
+MLflow's Keras callback."""
 
 import contextlib
 import importlib.metadata
@@ -9,16 +10,16 @@ import sqlite3
 import time
 from pathlib import Path
 
-import keras
-import matplotlib.pyplot as plt
-import mlflow
+import lazy_loader as lazy
 import optuna
 from filelock import FileLock
-from mlflow.entities import RunTag
-from mlflow.models import Model, infer_signature
-from mlflow.utils.git_utils import get_git_commit
 
 from pipelines import liveness, stopping
+
+# Imported on first use: a command that parses, prints help or refuses a parameter needs none of them.
+keras = lazy.load("keras")
+mlflow = lazy.load("mlflow")
+plt = lazy.load("matplotlib.pyplot", suppress_warning=True)
 
 INPUT_EXAMPLE_ROWS = 2
 SQLITE_BUSY_SECONDS = 20  # as long as MLflow's own sessions wait for a busy SQLite database
@@ -36,29 +37,6 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # The packages a logged model needs to load; naming them skips MLflow's slow inference.
 BACKEND_PACKAGES = {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}
-
-
-class RunSummary(mlflow.keras.MlflowCallback):
-    """MLflow's Keras callback, the one `mlflow.keras.autolog` adds to `fit`, for what it logs
-    as training begins: the optimizer's configuration as params and the model summary.
-
-    What else autolog does is done elsewhere, so that a run never lies after a SIGKILL:
-    - Per-epoch metrics are logged with each checkpoint (`checkpoints.RunCheckpoint`), never
-      ahead of it: autolog's, queued at every epoch end, would be lost to a kill, or logged a
-      second time by the resumed training that recomputes the epochs after the checkpoint.
-    - The `validation_*` copies autolog logs at every evaluation's end (with no step) are
-      left out: the per-epoch `val_*` metrics hold the same numbers.
-    - `fit`'s arguments are not logged as params: ours are (`epochs`, `batch_size`, ...),
-      and a resumed run given more epochs could not log `epochs` again.
-    - The model is logged by `log_model`, with signature and input example; the datasets by
-      `log_datasets`, with their real source and all three splits.
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        pass
-
-    def on_test_end(self, logs=None):
-        pass
 
 
 def open_store():
@@ -144,7 +122,7 @@ def end_run(status, tags=None):
     a run's end must not be lost to a moment of contention."""
     run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
     if tags:
-        retrying(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+        retrying(lambda: client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()]))
     retrying(lambda: client.set_terminated(run_id, status))
     try:
         mlflow.end_run(status)  # pops the run and stops its system metrics; its write repeats the one above
@@ -166,7 +144,7 @@ def retrying(write):
 def code_version():
     """The project's git commit as MLflow's own source tag: MLflow sets it only when the
     main script lives in the repository, which `python -m` and notebooks do not guarantee."""
-    commit = get_git_commit(os.path.dirname(os.path.abspath(__file__)))
+    commit = mlflow.utils.git_utils.get_git_commit(os.path.dirname(os.path.abspath(__file__)))
     return {GIT_COMMIT_TAG: commit} if commit else {}
 
 
@@ -262,13 +240,13 @@ def log_model(model, examples, outputs):
     requirements = [f"keras=={keras.__version__}"] + [
         f"{package}=={importlib.metadata.version(package)}" for package in BACKEND_PACKAGES.get(backend, [])
     ]
-    return Model.log(
+    return mlflow.models.Model.log(
         artifact_path=None,
         name="model",
         flavor=_KerasFlavor,
         flavor_name="mlflow.keras",
         model=model,
-        signature=infer_signature(example, outputs[:INPUT_EXAMPLE_ROWS]),
+        signature=mlflow.models.infer_signature(example, outputs[:INPUT_EXAMPLE_ROWS]),
         input_example=example,
         pip_requirements=requirements,
         # MLflow would reload the model and predict the example to check that it serves: a

@@ -1,6 +1,6 @@
 """The one training pipeline every task and variant runs through, for plain runs and sweeps.
 
-Steps are plain functions: prepare_data -> build_model -> fit_model -> evaluate_model;
+Steps are plain functions: prepare_data (`data`) -> build_model -> fit_model -> evaluate_model;
 `train` chains them inside an MLflow run, checkpointed after every epoch (and resumed from
 a checkpoint when asked), and logs what autologging does not.
 """
@@ -9,18 +9,17 @@ import math
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import keras
 import mlflow
 import numpy as np
 import optuna
 import tensorflow as tf
-from sklearn.model_selection import train_test_split
 
 from experiments import RunFailed
 from pipelines import checkpoints, reporting, resume, stopping, tracking
+from pipelines.data import monitored_metric, prepare_data
 from pipelines.params import knob_values
 
 EVALUATION_BATCH_SIZE = 1024
@@ -49,49 +48,11 @@ class TrainResult:
     history: dict
 
 
-def monitored_metric(task, splits):
-    """(metric, direction): what sweeps optimize and early stopping watches after every
-    epoch: the validation metric when the task validates, else the training one."""
-    metric, direction = ("loss", "minimize") if task.kind == "regression" else ("accuracy", "maximize")
-    return (f"val_{metric}" if splits.x_val is not None else metric), direction
-
-
 def seed_everything(seed):
     """Same seed and parameters, same metrics: seed everything and use deterministic ops."""
     keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
         tf.config.experimental.enable_op_determinism()
-
-
-def prepare_data(task, variant, params):
-    """Load the task's splits, subsample for a quick look, hold out validation data."""
-    data_path = Path(params["data"]) if params.get("data") else None
-    splits = task.load(data_path, params["seed"])
-    splits = subsample(splits, params["max_samples"], params["seed"])
-    if splits.x_val is None and params["validation_fraction"] > 0:
-        splits = hold_out_validation(splits, params["validation_fraction"], params["seed"], task.kind)
-    prepare_train = task.variants[variant].prepare_train
-    return prepare_train(splits) if prepare_train else splits
-
-
-def subsample(splits, max_samples, seed):
-    if not max_samples or max_samples >= len(splits.x_train):
-        return splits
-    keep = np.random.default_rng(seed).permutation(len(splits.x_train))[:max_samples]
-    return replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep])
-
-
-def hold_out_validation(splits, fraction, seed, kind):
-    # Stratify classes when every class has enough examples; tiny subsets fall back to random.
-    stratify = splits.y_train if kind != "regression" else None
-    try:
-        parts = train_test_split(
-            splits.x_train, splits.y_train, test_size=fraction, random_state=seed, stratify=stratify
-        )
-    except ValueError:
-        parts = train_test_split(splits.x_train, splits.y_train, test_size=fraction, random_state=seed)
-    x_train, x_val, y_train, y_val = parts
-    return replace(splits, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
 
 
 def build_model(task, variant, params, splits, steps_per_execution=STEPS_PER_EXECUTION):
@@ -112,6 +73,29 @@ def build_model(task, variant, params, splits, steps_per_execution=STEPS_PER_EXE
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+class RunSummary(mlflow.keras.MlflowCallback):
+    """MLflow's Keras callback, the one `mlflow.keras.autolog` adds to `fit`, for what it logs
+    as training begins: the optimizer's configuration as params and the model summary.
+
+    What else autolog does is done elsewhere, so that a run never lies after a SIGKILL:
+    - Per-epoch metrics are logged with each checkpoint (`checkpoints.RunCheckpoint`), never
+      ahead of it: autolog's, queued at every epoch end, would be lost to a kill, or logged a
+      second time by the resumed training that recomputes the epochs after the checkpoint.
+    - The `validation_*` copies autolog logs at every evaluation's end (with no step) are
+      left out: the per-epoch `val_*` metrics hold the same numbers.
+    - `fit`'s arguments are not logged as params: ours are (`epochs`, `batch_size`, ...),
+      and a resumed run given more epochs could not log `epochs` again.
+    - The model is logged by `log_model`, with signature and input example; the datasets by
+      `log_datasets`, with their real source and all three splits.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_test_end(self, logs=None):
+        pass
 
 
 class ShuffledBatches(keras.callbacks.Callback):
@@ -275,7 +259,7 @@ def train(
                         model,
                         splits,
                         params,
-                        [tracking.RunSummary(), *([early_stopping] if early_stopping else []), checkpoint, *callbacks],
+                        [RunSummary(), *([early_stopping] if early_stopping else []), checkpoint, *callbacks],
                     )
             except optuna.TrialPruned:
                 checkpoint.log_pending()  # a pruned trial is never resumed: its last epochs are all it will have

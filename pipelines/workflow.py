@@ -9,12 +9,13 @@ tagged with the run of the step before it.
 
 from pathlib import Path
 
-import mlflow
+import lazy_loader as lazy
 
 from experiments import RunFailed
 from pipelines import registry, tracking
 from pipelines.sweeps import settings as sweep_settings
-from pipelines.sweeps import storage
+
+mlflow = lazy.load("mlflow")  # imported on first use: --help and a refused setting need none of it
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 # The sweep's settings, then the promotion's margin; any other --name value fixes a training parameter.
@@ -34,6 +35,8 @@ def run_workflow(task, variant, settings, training_overrides):
 
     `training_overrides` ({name: text}) fix training parameters (`data`, ...) for every trial.
     """
+    from pipelines.sweeps import storage
+
     entry_point = task.qualified_name(variant)
     study = settings["study_name"] or entry_point
     sweep = {name: value for name, value in settings.items() if name not in COMMAND_ONLY}

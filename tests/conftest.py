@@ -13,6 +13,7 @@ import tarfile
 import uuid
 from pathlib import Path
 
+import hypothesis
 import mlflow
 import numpy as np
 import pandas as pd
@@ -27,6 +28,9 @@ from tests.helpers import options
 
 POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
 ON_CI = os.environ.get("CI", "").lower() in ("true", "1")
+# No per-example deadline: wall-clock time on a loaded 2-core machine says nothing of the code.
+hypothesis.settings.register_profile("default", deadline=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 # --- tiers ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from experiments import entry_points
 from experiments.mnist import conv_net
 from tests.helpers import PROJECT
 
@@ -26,7 +27,8 @@ def perf():
 
 
 def test_training_flops_count_forward_and_backward_through_conv_and_dense_layers(perf):
-    model = conv_net((28, 28, 1), 10, filters=32, units=64)
+    task, variant = entry_points()["mnist_cnn"]
+    model = conv_net((28, 28, 1), 10, filters=32, units=64, dropout=0.0, shift=0.0, **task.variants[variant].fixed)
     assert perf.training_flops(model) == 3 * 2 * CONV_NET_MACS  # about 16.8 MFLOP per image
 
 

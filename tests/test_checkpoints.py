@@ -12,7 +12,8 @@ import pytest
 
 from pipelines import checkpoints, liveness
 from pipelines.cli import main
-from pipelines.train import prepare_data, train
+from pipelines.data import prepare_data
+from pipelines.train import train
 from tests.conftest import _class_images
 from tests.helpers import options, runs, start
 

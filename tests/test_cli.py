@@ -1,5 +1,8 @@
 """The entry points as users call them: `python -m pipelines`, `mlflow run`, Ctrl-C and SIGTERM."""
 
+import subprocess
+import sys
+
 import mlflow
 import numpy as np
 import pytest
@@ -7,9 +10,9 @@ import yaml
 
 from experiments import entry_points
 from experiments.mnist import load_mnist
-from pipelines.cli import COMMANDS, main
+from pipelines.cli import COMMANDS, main, parse_command_line
 from pipelines.params import declared_params
-from tests.helpers import mlflow_run, run_cli, runs
+from tests.helpers import PROJECT, mlflow_run, run_cli, runs
 
 
 @pytest.mark.parametrize(
@@ -53,7 +56,7 @@ def test_train_help_lists_every_parameter_with_type_default_and_range(name, caps
     assert main(["train", "--task", name, "--help"]) == 0
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps at the terminal's width
     for param_name, param in declared_params(task, variant).items():
-        metavar = {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL"}[param.type]
+        metavar = {int: "INT", float: "FLOAT", str: "TEXT", bool: "[BOOL]"}[param.type]
         default = "''" if param.default == "" else str(param.default)
         rule = "" if param.rule == "text" else f"; {param.rule}"
         assert f"--{param_name} {metavar} {param.help} (default {default}{rule})" in shown, param_name
@@ -67,6 +70,43 @@ def test_every_command_help_lists_its_settings_with_defaults(command, capsys):
         assert f"--{name} " in shown and param.help in shown, name
     if command == "compare":
         assert "empty: $MLFLOW_EXPERIMENT_NAME (or _ID), else comparisons" in shown
+
+
+@pytest.mark.parametrize(
+    ("words", "dry_run"),
+    [
+        (["--dry_run"], True),
+        (["--dry_run", "--epochs", "3"], True),
+        (["--epochs", "3", "--dry_run"], True),
+        (["--dry_run", "true"], True),
+        (["--dry_run=yes"], True),
+        (["--dry_run", "false"], False),
+        ([], False),
+    ],
+)
+def test_a_boolean_setting_given_bare_means_true(words, dry_run):
+    line = parse_command_line(["train", "--task", "churn", *words])
+    assert line.settings["dry_run"] is dry_run
+    assert line.params["epochs"] == (3 if "--epochs" in words else 100)  # churn's default
+
+
+def test_help_shows_booleans_in_their_bare_form(capsys):
+    assert main(["sweep", "--help"]) == 0
+    assert "--dry_run [BOOL]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("word", ["--learning_rate=-1e-3", "--learning-rate=-1e-3"])
+def test_a_value_that_starts_with_a_minus_is_a_value(word, store, capsys):
+    """MLproject passes --name={name}: -P learning_rate=-1e-3 reaches the range check."""
+    assert main(["train", "--task", "xor", word]) == 2
+    assert capsys.readouterr().err.strip() == "error: learning_rate: -0.001 is out of range; it must be a number > 0"
+
+
+def test_one_parse_gives_the_command_its_checked_settings_and_parameters():
+    line = parse_command_line(["sweep", "--task", "mnist_cnn_l2", "--epochs", "3", "--n_trials", "5", "--l2=1e-3"])
+    assert (line.command, line.settings["n_trials"], line.settings["task"]) == ("sweep", 5, "mnist_cnn_l2")
+    assert line.given == {"epochs": "3", "l2": "1e-3"}  # as given: what --dry_run shows as set on the command line
+    assert line.params["epochs"] == 3 and line.params["l2"] == 1e-3 and line.params["batch_size"] == 128
 
 
 def test_dry_run_prints_the_merged_recipe_and_starts_no_run(store, capsys):
@@ -132,3 +172,37 @@ def test_mlflow_run_with_bad_input_fails_the_run_with_one_line(store):
     assert "error: learning_rate: 'abc' is not a finite number" in completed.stderr
     (run,) = runs(store)
     assert run.info.status == "FAILED"
+
+
+# What a command imports: no TensorFlow where nothing trains, no MLflow where nothing is tracked.
+IMPORTS_AFTER = """
+import sys
+from pipelines.cli import main
+main(sys.argv[1:])
+heavy = {"tensorflow", "keras", "mlflow", "sklearn", "pandas"}
+loaded = {name.split(".")[0] for name, module in sys.modules.items() if type(module).__name__ != "_LazyModule"}
+print("loaded:", *sorted(loaded & heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("argv", "allowed"),
+    [
+        (["--help"], set()),
+        (["train", "--task", "emotion_cnn_deep", "--help"], set()),
+        (["promote", "--help"], set()),
+        (["train", "--task", "mnist_cnn", "--dry_run"], set()),
+        (["sweep", "--task", "mnist_cnn", "--dry_run"], set()),
+        (["train", "--task", "mnist_cnn", "--learning_rate", "abc"], set()),
+        (["sweep", "--task", "xor", "--search_space", '{"dropout": [2]}'], set()),
+        (["reap", "--dry_run"], {"mlflow", "pandas"}),  # it reads the store: MLflow imports pandas
+    ],
+    ids=["help", "train-help", "promote-help", "train-dry-run", "sweep-dry-run", "refusal", "sweep-refusal", "reap"],
+)
+def test_commands_that_train_nothing_import_no_tensorflow(argv, allowed, store):
+    completed = subprocess.run(
+        [sys.executable, "-c", IMPORTS_AFTER, *argv], cwd=PROJECT, capture_output=True, text=True, timeout=120
+    )
+    (line,) = [line for line in completed.stderr.splitlines() if line.startswith("loaded:")]
+    assert set(line.split()[1:]) <= allowed, completed.stderr[-2000:]

@@ -12,8 +12,8 @@ from experiments import InputError, resolve
 from experiments.churn import load_churn
 from experiments.emotion import load_fer2013
 from experiments.mnist import load_mnist
+from pipelines.data import prepare_data
 from pipelines.params import parse_params
-from pipelines.train import prepare_data
 
 
 def test_mnist_npz_loads_as_uint8_images(mnist_npz):

@@ -7,6 +7,7 @@ server, temporary folders for the volumes, a temporary file for the secret.
 """
 
 import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,7 +43,8 @@ def databases():
     """make(purpose) -> a fresh database owned by compose's role; all dropped afterwards."""
     admin = sqlalchemy.create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
     created = []
-    with admin.connect() as connection:
+    with admin.connect() as connection, contextlib.suppress(sqlalchemy.exc.DBAPIError):
+        # Tests run in parallel may create it at the same moment: one of them finds it there.
         if not connection.execute(sqlalchemy.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": DB_ROLE}).first():
             connection.execute(sqlalchemy.text(f"CREATE ROLE {DB_ROLE} LOGIN"))
 

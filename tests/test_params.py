@@ -1,5 +1,6 @@
 """Declarations: parameters, names, and the files generated from them."""
 
+import inspect
 import json
 import math
 import os
@@ -124,12 +125,12 @@ def test_values_are_parsed_to_their_types():
 
 def test_defaults_layer_common_then_task_then_variant_then_the_user():
     task, variant = resolve("mnist_cnn_bn")
-    merged = recipe(task, variant, {"learning_rate": "0.01"})
+    merged = recipe(task, variant, parse_params(task, variant, {"learning_rate": "0.01"}), {"learning_rate": "0.01"})
     params, set_by = merged["params"], merged["set_by"]
     assert params["seed"] == TRAINING_PARAMS["seed"].default and "seed" in set_by["common"]
     assert params["epochs"] == 20 and "epochs" in set_by["variant"]  # cnn_bn's own, over the cnn recipe's 8
     assert params["learning_rate"] == 0.01 and set_by["command line"] == ["learning_rate"]
-    churn = recipe(*resolve("churn"), {})
+    churn = recipe(*resolve("churn"), parse_params(*resolve("churn"), {}), {})
     assert churn["params"]["batch_size"] == 10 and "batch_size" in churn["set_by"]["task"]
     layers = [name for names in merged["set_by"].values() for name in names]
     assert sorted(layers) == sorted(params)  # each parameter comes from one place
@@ -278,4 +279,15 @@ def test_a_new_task_module_with_a_new_knob_reaches_every_surface(tmp_path, store
     (run,) = store.search_runs([store.get_experiment_by_name("tests").experiment_id])
     assert run.data.params["depth"] == "3" and run.data.tags["entry_point"] == "toy_net"
     entry = results["mlproject"]
-    assert entry["parameters"]["depth"] == {"type": "int", "default": 2} and "--depth {depth}" in entry["command"]
+    assert entry["parameters"]["depth"] == {"type": "int", "default": 2} and "--depth={depth}" in entry["command"]
+
+
+@pytest.mark.parametrize("name", sorted(entry_points()))
+def test_a_builder_takes_its_knobs_and_fixed_values_and_defaults_none_of_them(name):
+    """Each value in one place: a builder's own default would be a second, silent one."""
+    task, variant = entry_points()[name]
+    chosen = task.variants[variant]
+    _, _, *arguments = inspect.signature(chosen.build).parameters.values()  # after input_shape, num_outputs
+    assert {argument.name for argument in arguments} == set(chosen.knobs) | set(chosen.fixed)
+    assert not set(chosen.knobs) & set(chosen.fixed)
+    assert [argument.name for argument in arguments if argument.default is not inspect.Parameter.empty] == []

@@ -14,6 +14,7 @@ from experiments.churn import load_churn
 from experiments.emotion import load_fer2013
 from experiments.linear import load_line
 from experiments.mnist import load_mnist
+from pipelines.data import prepare_data
 from pipelines.tracking import log_inputs_racing
 from pipelines.train import (
     STEPS_PER_EXECUTION,
@@ -21,7 +22,6 @@ from pipelines.train import (
     build_model,
     evaluate_model,
     fit_model,
-    prepare_data,
     train,
 )
 from tests.helpers import runs

@@ -26,7 +26,7 @@ from tests.helpers import mlflow_run, no_traceback, options, runs, start
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LONG_TRIAL = {"epochs": 100, "batch_size": 1}  # xor's trials run long enough to be caught running
 # ...and long enough (several seconds) to be checkpointed before they end (checkpoints.MIN_SECONDS_BETWEEN).
-CHECKPOINTED_TRIAL = {"epochs": 200, "batch_size": 1}
+CHECKPOINTED_TRIAL = {"epochs": 120, "batch_size": 1}
 
 
 # --- search spaces ------------------------------------------------------------------------
@@ -409,7 +409,7 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
     storage, store, tiny, tmp_path, request, start_sweep
 ):
     url = str(tmp_path / "optuna.journal") if storage == "journal" else request.getfixturevalue("postgres_url")
-    settings = options(storage=url, workers=2, n_trials=4, pruner="none", study_name="xor-kill", heartbeat_interval=1)
+    settings = options(storage=url, workers=2, n_trials=3, pruner="none", study_name="xor-kill", heartbeat_interval=1)
     sweep_process = start_sweep(*tiny.argv("xor", **CHECKPOINTED_TRIAL), *settings)
     killed, pid = wait_for_running_trial(load_study_when_created("xor-kill", url), store, checkpointed=True)
     os.kill(pid, signal.SIGKILL)
@@ -421,7 +421,7 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
     assert study.trials[killed.number].state == TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert retried and retried[0].state in FINISHED and retried[0].params == killed.params
-    trials = check_exactly_n_trials(store, study, 4)
+    trials = check_exactly_n_trials(store, study, 3)
     (killed_run,) = trials[killed.number]
     assert killed_run.info.status == "FAILED" and killed_run.data.tags["optuna.trial_state"] == "FAIL"
     # The retry went on from the killed trial's last checkpoint, in a run of its own that

@@ -1,17 +1,8 @@
-"""A trial's callbacks: Keras pruning after each epoch, and retrying the trials of dead workers."""
+"""A trial's Keras callback: optuna-integration's pruning after each epoch."""
 
 import math
-import warnings
 
-import mlflow
-import optuna
-from optuna.exceptions import ExperimentalWarning
-from optuna.trial import TrialState
 from optuna_integration import KerasPruningCallback
-
-from pipelines.sweeps import study_run
-
-MAX_RETRIES = 2  # a trial whose worker died is run again at most this often
 
 
 class TrialPruning(KerasPruningCallback):
@@ -40,23 +31,3 @@ class TrialPruning(KerasPruningCallback):
             self._trial.report(float(logs[self._monitor]), step=epoch)
             return
         super().on_epoch_end(epoch, logs)
-
-
-class FailStaleTrial:
-    """A dead worker's trial: end its MLflow run FAILED, then queue the trial to run again."""
-
-    def __init__(self, experiment_id, study_name):
-        self.experiment_id = experiment_id
-        self.study_name = study_name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-
-    def __call__(self, study, trial):
-        client = mlflow.MlflowClient()
-        for run in study_run.trial_runs(self.experiment_id, self.study_name, trial.number, status="RUNNING"):
-            client.set_tag(run.info.run_id, "optuna.trial_state", TrialState.FAIL.name)
-            client.set_terminated(run.info.run_id, "FAILED")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            self.retry(study, trial)

@@ -9,52 +9,22 @@ import time
 
 import mlflow
 import optuna
-import yaml
 from optuna.trial import TrialState
 
 from experiments import InputError
 from pipelines import stopping, tracking
+from pipelines.data import monitored_metric, prepare_data
 from pipelines.sweeps import search_space, storage, study_run
-from pipelines.sweeps.callbacks import FailStaleTrial
 from pipelines.sweeps.settings import WORKER_SPEC_ENV, SweepSpec
-from pipelines.sweeps.worker import run_worker
-from pipelines.train import monitored_metric, prepare_data
+from pipelines.sweeps.study_run import FailStaleTrial
 
 POLL_SECONDS = 1.0
 
 
-def plan(task, variant, settings, params, fixed_by_user):
-    """(space, params): what the sweep tunes, and every trial's fixed parameters."""
-    overrides = search_space.read_overrides(settings["search_space"]) if settings["search_space"] else None
-    return search_space.search_space(task, variant, params, overrides, fixed_by_user)
-
-
-def dry_run(task, variant, settings, params, fixed_by_user):
-    """Print what the sweep would run, as YAML, without opening a study or a run."""
-    space, params = plan(task, variant, settings, params, fixed_by_user)
-    storage.check(settings["storage"], settings["workers"])
-    shown = {name: value for name, value in settings.items() if name not in ("dry_run", "storage")}
-    print(
-        yaml.safe_dump(
-            {
-                "entry_point": task.qualified_name(variant),
-                "settings": {**shown, "storage": storage.describe(settings["storage"])},
-                "fixed": {name: value for name, value in params.items() if name not in space},
-                "search_space": search_space.as_file_entries(space),
-            },
-            sort_keys=False,
-        ),
-        end="",
-    )
-    tracking.mark_pending_run_dry()
-    return 0
-
-
-def run_sweep(task, variant, settings, params, fixed_by_user):
-    """Run (or resume) a sweep to n_trials finished trials; return the process exit code."""
+def run_sweep(task, variant, settings, space, params):
+    """Run (or resume) a sweep of `space` (its fixed `params` beside it: `plan.plan`) to
+    n_trials finished trials; return the process exit code."""
     entry_point = task.qualified_name(variant)
-    space, params = plan(task, variant, settings, params, fixed_by_user)
-    storage.check(settings["storage"], settings["workers"])
     splits = prepare_data(task, variant, params)  # bad data fails here, before a study or run exists
     metric, direction = monitored_metric(task, splits)
     study_name = settings["study_name"] or entry_point
@@ -108,7 +78,9 @@ def run_sweep(task, variant, settings, params, fixed_by_user):
     )
     status, problems = "FAILED", []
     try:
-        if in_process:
+        if in_process:  # TensorFlow only here: a coordinator of worker processes trains nothing itself
+            from pipelines.sweeps.worker import run_worker
+
             run_worker(spec, splits)
         del splits  # each worker process loads its own
         if not in_process or _wants_trials(study, spec):  # failed trials were retried past trials_per_process

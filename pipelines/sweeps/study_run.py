@@ -1,4 +1,5 @@
-"""The study's MLflow parent run: opened or resumed, kept current after every trial, finished with plots."""
+"""The study's MLflow parent run (opened or resumed, kept current after every trial, finished with plots)
+and the runs of its trials, those of dead workers included."""
 
 import json
 import os
@@ -8,11 +9,13 @@ import warnings
 import matplotlib.pyplot as plt
 import mlflow
 import optuna
+from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from pipelines import liveness, tracking
 from pipelines.sweeps import search_space, storage
 
+MAX_RETRIES = 2  # a trial whose worker died is run again at most this often
 PLOTS = {
     "optimization_history": optuna.visualization.matplotlib.plot_optimization_history,
     "param_importances": optuna.visualization.matplotlib.plot_param_importances,
@@ -143,3 +146,23 @@ def trial_runs(experiment_id, study_name, number, status=None):
     if status:
         query += f" AND attributes.status = '{status}'"
     return mlflow.MlflowClient().search_runs([experiment_id], filter_string=query)
+
+
+class FailStaleTrial:
+    """A dead worker's trial: end its MLflow run FAILED, then queue the trial to run again."""
+
+    def __init__(self, experiment_id, study_name):
+        self.experiment_id = experiment_id
+        self.study_name = study_name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+
+    def __call__(self, study, trial):
+        client = mlflow.MlflowClient()
+        for run in trial_runs(self.experiment_id, self.study_name, trial.number, status="RUNNING"):
+            client.set_tag(run.info.run_id, "optuna.trial_state", TrialState.FAIL.name)
+            client.set_terminated(run.info.run_id, "FAILED")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            self.retry(study, trial)

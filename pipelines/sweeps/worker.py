@@ -14,10 +14,12 @@ from optuna.trial import TrialState
 
 from experiments import RunFailed, resolve
 from pipelines import stopping
+from pipelines.data import monitored_metric, prepare_data
 from pipelines.sweeps import search_space, storage, study_run
-from pipelines.sweeps.callbacks import FailStaleTrial, TrialPruning
+from pipelines.sweeps.callbacks import TrialPruning
 from pipelines.sweeps.samplers import pruner_for, sampler_for
-from pipelines.train import TrainingDiverged, monitored_metric, prepare_data, train
+from pipelines.sweeps.study_run import FailStaleTrial
+from pipelines.train import TrainingDiverged, train
 
 POLL_SECONDS = 1.0
 MAX_FAILURES_IN_A_ROW = 5  # a worker whose trials all fail has a problem to report, not trials to burn
