@@ -103,13 +103,25 @@ def _quiet_about_discarded_stops(unraisable):
 
 
 @contextlib.contextmanager
-def deferred():
-    """Inside, a stop signal is only recorded, to be raised by `raise_if_stopped`; and at the end."""
+def held():
+    """Inside, a stop signal is only recorded, to be raised by the next `raise_if_stopped`.
+
+    Blocking the signals (`pthread_sigmask`) would not do: the kernel hands a process's signal
+    to any thread that lets it through (a heartbeat's, TensorFlow's), and Python then runs the
+    handler in the main thread all the same, at whatever line it has reached.
+    """
     _state["deferred"] = _state.get("deferred", 0) + 1
     try:
         yield
     finally:
         _state["deferred"] -= 1
+
+
+@contextlib.contextmanager
+def deferred():
+    """Inside, a stop signal is only recorded, to be raised by `raise_if_stopped`; and at the end."""
+    with held():
+        yield
     raise_if_stopped()
 
 

@@ -5,7 +5,6 @@ import contextlib
 import importlib.metadata
 import logging
 import os
-import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -60,12 +59,6 @@ def open_store():
                     connection.execute("PRAGMA journal_mode=WAL")
 
 
-def _hold_stop_signals():
-    """Hold Ctrl-C and SIGTERM (a signal held is delivered once they are let through again);
-    returns the mask that lets them through."""
-    return signal.pthread_sigmask(signal.SIG_BLOCK, set(stopping.STOP_SIGNALS))
-
-
 @contextlib.contextmanager
 def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, run_id=None):
     """Start (or, under `mlflow run`, resume) an MLflow run that never stays RUNNING.
@@ -81,10 +74,9 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
     tags = {**code_version(), **liveness.process_tags(), **tags}
     if system_metrics_interval:
         mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
-    # A stop signal arriving while the run is created would leave it RUNNING: it is held
-    # until the `try` below, which ends the run whatever happens.
-    unblocked = _hold_stop_signals()
-    try:
+    # A stop signal while the run is created would leave it RUNNING: it is held until the
+    # `try` below, which ends the run whatever happens, and while the run ends.
+    with stopping.held():
         run = mlflow.start_run(
             run_id=run_id,
             run_name=run_name,
@@ -94,12 +86,9 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
             log_system_metrics=bool(system_metrics_interval),
         )
         liveness.HEARTBEAT.add(run.info.run_id, mlflow.get_tracking_uri())
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
-        raise
     status, tags = "FAILED", {}
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)  # a held signal arrives here, inside the try
+        stopping.raise_if_stopped()
         yield run
         status = "FINISHED"
     except optuna.TrialPruned:
@@ -109,12 +98,9 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
         status, tags = "KILLED", {stopping.STOP_CAUSE_TAG: str(stop) or "SIGINT"}
         raise
     finally:
-        _hold_stop_signals()  # nor while it ends; a signal then is delivered once it has ended
-        try:
+        with stopping.held():
             liveness.HEARTBEAT.remove(run.info.run_id)
             end_run(status, tags)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
 def end_run(status, tags=None):

@@ -199,7 +199,7 @@ def train(
     splits=None,
     system_metrics_interval=0,
     resume_run_id="",
-    start_from_run_id="",
+    start_from=None,
 ):
     """Train one task variant in a tracked MLflow run and return its test metrics.
 
@@ -209,8 +209,8 @@ def train(
     MLflow's system metrics every `system_metrics_interval` seconds (0: none).
 
     The run is checkpointed after every epoch (`checkpoints`). `resume_run_id` continues
-    that run from its last checkpoint (`resume` says what it refuses); `start_from_run_id`
-    starts a new run from another's last checkpoint, as a sweep's retried trial does.
+    that run from its last checkpoint (`resume` says what it refuses); `start_from`, another
+    run's checkpoint (`checkpoints.latest`), starts a new run from it, as a sweep's retried trial does.
     """
     name = task.qualified_name(variant)
     seed_everything(params["seed"])
@@ -222,8 +222,8 @@ def train(
     if resume_run_id:  # refused here, before the run changes
         restored = resume.plan(resume_run_id, task, variant, params, digests).checkpoint
         tracking.point_pending_run_to(resume_run_id)
-    elif start_from_run_id:
-        restored = checkpoints.latest(start_from_run_id)
+    elif start_from:
+        restored = start_from
     mlflow.keras.autolog(disable=True)  # tracking.RunSummary and the checkpoints log what it would
     run_tags = {"task": task.name, "variant": variant, "entry_point": name, **(tags or {})}
     if restored:

@@ -134,6 +134,43 @@ def test_a_stop_inside_a_store_query_raises_stopped_without_a_traceback(tmp_path
     assert no_traceback(done.stderr) and "Error closing cursor" not in done.stderr
 
 
+STOP_AS_THE_RUN_IS_CREATED = """
+import os, signal, sys, threading, time
+import mlflow
+from pipelines import stopping, tracking
+
+def stop_once_the_run_exists(frame, event, arg):
+    if event == "return" and frame.f_code is mlflow.tracking.fluent.start_run.__code__:
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(20):  # the handler runs here, in the main thread, right after the run was created
+            time.sleep(0.05)
+
+# Another thread that lets the signal through, as a worker's launcher watch or TensorFlow's:
+# the kernel hands it the signal while the main thread blocks it.
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+stopping.handle_stop_signals()
+sys.setprofile(stop_once_the_run_exists)
+try:
+    with tracking.mlflow_run("stopped-as-it-starts", tags={}):
+        print("the run's body ran")
+except stopping.Stopped as stop:
+    print("stopped", stop)
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_as_the_run_is_created_ends_it_killed(store):
+    # The CI failure of 475e257: a sweep worker's trial run stayed RUNNING.
+    done = subprocess.run(
+        [sys.executable, "-c", STOP_AS_THE_RUN_IS_CREATED], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "stopped SIGTERM"
+    (run,) = runs(store)
+    assert run.info.status == "KILLED" and run.data.tags["stop.cause"] == "SIGTERM"
+
+
 @pytest.mark.slow
 def test_sigterm_to_mlflow_run_stops_its_training_and_the_run_ends_killed(store):
     """`kill <pid of mlflow run>`: MLflow's launcher dies at once, with no handler; its child notices."""

@@ -38,46 +38,48 @@ def run_sweep(task, variant, settings, space, params):
     experiment_id = tracking.use_experiment(settings["experiment"], task.name)
     client = mlflow.MlflowClient()
     on_stale = FailStaleTrial(experiment_id, study_name)
-    # Workers started at once (compose --scale, a cluster job) would race to create the tables and the run.
-    with storage.study_lock(settings["storage"], "setup"):
-        study_storage = storage.open_storage(settings["storage"], settings["heartbeat_interval"], on_stale)
-        study = _create_or_resume(study_storage, study_name, direction, entry_point)
-        parent_run_id = study_run.open_study_run(client, study, experiment_id, task, variant)
-        session = study.user_attrs.get("sessions", 0)
-        study.set_user_attr("sessions", session + 1)
-    study_run.log_settings(client, parent_run_id, settings, study_name, f"{direction} {metric}", space, params)
-    finished, _ = storage.trial_counts(study)
-    where = storage.describe(settings["storage"])
-    print(
-        f"sweep {study_name}: {finished} of {settings['n_trials']} trials finished so far; "
-        f"storage {where}; MLflow run {parent_run_id}\nwatch it: mlflow ui, or optuna-dashboard {where}",
-        flush=True,
-    )
-    spec = SweepSpec(
-        entry_point=entry_point,
-        params=params,
-        space=search_space.describe(space),
-        study_name=study_name,
-        storage=settings["storage"],
-        n_trials=settings["n_trials"],
-        deadline=time.time() + settings["timeout"] if settings["timeout"] else None,
-        sampler=settings["sampler"],
-        pruner=settings["pruner"],
-        pruner_startup_trials=settings["pruner_startup_trials"],
-        pruner_warmup_epochs=settings["pruner_warmup_epochs"],
-        heartbeat_interval=settings["heartbeat_interval"],
-        trials_per_process=settings["trials_per_process"],
-        system_metrics_interval=settings["system_metrics_interval"],
-        experiment_id=experiment_id,
-        parent_run_id=parent_run_id,
-        session=session,
-    )
-    # One worker that needs no fresh process trains here: a short sweep doesn't pay for starting one.
-    in_process = settings["workers"] == 1 and (
-        not spec.trials_per_process or spec.n_trials - finished <= spec.trials_per_process
-    )
-    status, problems = "FAILED", []
+    parent_run_id, status, problems = None, "FAILED", []
     try:
+        # Workers started at once (compose --scale, a cluster job) would race to create the tables and the run.
+        with storage.study_lock(settings["storage"], "setup"):
+            study_storage = storage.open_storage(settings["storage"], settings["heartbeat_interval"], on_stale)
+            study = _create_or_resume(study_storage, study_name, direction, entry_point)
+            with stopping.held():  # once the run exists, the `finally` below must know it to end it
+                parent_run_id = study_run.open_study_run(client, study, experiment_id, task, variant)
+            session = study.user_attrs.get("sessions", 0)
+            study.set_user_attr("sessions", session + 1)
+        stopping.raise_if_stopped()
+        study_run.log_settings(client, parent_run_id, settings, study_name, f"{direction} {metric}", space, params)
+        finished, _ = storage.trial_counts(study)
+        where = storage.describe(settings["storage"])
+        print(
+            f"sweep {study_name}: {finished} of {settings['n_trials']} trials finished so far; "
+            f"storage {where}; MLflow run {parent_run_id}\nwatch it: mlflow ui, or optuna-dashboard {where}",
+            flush=True,
+        )
+        spec = SweepSpec(
+            entry_point=entry_point,
+            params=params,
+            space=search_space.describe(space),
+            study_name=study_name,
+            storage=settings["storage"],
+            n_trials=settings["n_trials"],
+            deadline=time.time() + settings["timeout"] if settings["timeout"] else None,
+            sampler=settings["sampler"],
+            pruner=settings["pruner"],
+            pruner_startup_trials=settings["pruner_startup_trials"],
+            pruner_warmup_epochs=settings["pruner_warmup_epochs"],
+            heartbeat_interval=settings["heartbeat_interval"],
+            trials_per_process=settings["trials_per_process"],
+            system_metrics_interval=settings["system_metrics_interval"],
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            session=session,
+        )
+        # One worker that needs no fresh process trains here: a short sweep doesn't pay for starting one.
+        in_process = settings["workers"] == 1 and (
+            not spec.trials_per_process or spec.n_trials - finished <= spec.trials_per_process
+        )
         if in_process:  # TensorFlow only here: a coordinator of worker processes trains nothing itself
             from pipelines.sweeps.worker import run_worker
 
@@ -88,18 +90,21 @@ def run_sweep(task, variant, settings, space, params):
         status = "FINISHED"
     except KeyboardInterrupt as stop:
         status = "KILLED"
-        client.set_tag(parent_run_id, stopping.STOP_CAUSE_TAG, str(stop) or "SIGINT")
+        if parent_run_id is not None:
+            client.set_tag(parent_run_id, stopping.STOP_CAUSE_TAG, str(stop) or "SIGINT")
         raise
     finally:
-        with storage.study_lock(spec.storage, "slots", spec.study_name):
-            storage.fail_stale_trials(study, spec.storage, on_stale)  # trials of workers that died
-        finished, _ = storage.trial_counts(study)
-        if status == "FINISHED" and problems and finished < spec.n_trials:
-            status = "FAILED"
-        study_run.finish_study_run(client, parent_run_id, study, status)
-        for problem in problems:
-            print(f"warning: {problem}", file=sys.stderr)
-        _print_summary(study, spec, task, metric)
+        if parent_run_id is not None:
+            with stopping.held(), storage.study_lock(settings["storage"], "slots", study_name):
+                storage.fail_stale_trials(study, settings["storage"], on_stale)  # trials of workers that died
+            finished, _ = storage.trial_counts(study)
+            if status == "FINISHED" and problems and finished < settings["n_trials"]:
+                status = "FAILED"
+            with stopping.held():
+                study_run.finish_study_run(client, parent_run_id, study, status)
+            for problem in problems:
+                print(f"warning: {problem}", file=sys.stderr)
+            _print_summary(study, study_name, settings["n_trials"], entry_point, task, metric)
     return 0 if status == "FINISHED" else 1
 
 
@@ -169,11 +174,11 @@ def _wants_trials(study, spec):
     return finished < spec.n_trials and (spec.deadline is None or time.time() < spec.deadline)
 
 
-def _print_summary(study, spec, task, metric):
+def _print_summary(study, study_name, n_trials, entry_point, task, metric):
     states = storage.state_counts(study)
     finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
     print(
-        f"study {spec.study_name}: {finished} of {spec.n_trials} trials finished "
+        f"study {study_name}: {finished} of {n_trials} trials finished "
         f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
         f"{states[TrialState.FAIL]} failed)"
     )
@@ -187,5 +192,5 @@ def _print_summary(study, spec, task, metric):
     )
     print(
         "promote it to the model registry (champion if it beats the current one):\n"
-        f"  mlflow run . -e promote --env-manager local -P task={spec.entry_point} -P run_id={run_id}"
+        f"  mlflow run . -e promote --env-manager local -P task={entry_point} -P run_id={run_id}"
     )

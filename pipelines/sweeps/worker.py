@@ -13,7 +13,7 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from experiments import RunFailed, resolve
-from pipelines import stopping
+from pipelines import checkpoints, stopping
 from pipelines.data import monitored_metric, prepare_data
 from pipelines.sweeps import search_space, storage, study_run
 from pipelines.sweeps.callbacks import TrialPruning
@@ -48,18 +48,21 @@ def run_worker(spec, splits=None):
     )
     client = mlflow.MlflowClient()
 
-    def objective(trial):
-        params = {**spec.params, **search_space.suggest(trial, space)}
-        # A retry of a trial whose worker died goes on from that trial's last checkpoint.
-        earlier_run, earlier_values = "", {}
+    def retried_trial_checkpoint(trial):
+        """A retry of a trial whose worker died goes on from that trial's last checkpoint, if any."""
         trials = study.get_trials(deepcopy=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # stable since Optuna 2.8
             failed = RetryFailedTrialCallback.retried_trial_number(trials[trial.number])
-        if failed is not None:
-            earlier_values = trials[failed].intermediate_values
-            earlier_runs = study_run.trial_runs(spec.experiment_id, spec.study_name, failed)
-            earlier_run = earlier_runs[0].info.run_id if earlier_runs else ""
+        earlier_runs = study_run.trial_runs(spec.experiment_id, spec.study_name, failed) if failed is not None else []
+        return checkpoints.latest(earlier_runs[0].info.run_id) if earlier_runs else None
+
+    def objective(trial):
+        params = {**spec.params, **search_space.suggest(trial, space)}
+        checkpoint = retried_trial_checkpoint(trial)
+        # The values the dead trial reported, as its checkpoint holds them: it may have
+        # died after writing the checkpoint and before reporting the epoch.
+        earlier_values = dict(enumerate(checkpoint.state["history"].get(metric, []))) if checkpoint else {}
         result = train(
             task,
             variant,
@@ -70,7 +73,7 @@ def run_worker(spec, splits=None):
             parent_run_id=spec.parent_run_id,
             splits=splits,
             system_metrics_interval=spec.system_metrics_interval,
-            start_from_run_id=earlier_run,
+            start_from=checkpoint,
         )
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("model_id", result.model_id)
