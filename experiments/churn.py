@@ -1,9 +1,11 @@
 """Bank customer churn: will a customer leave? An 11-6-6-1 MLP on Churn_Modelling.csv."""
 
+import functools
+
 import lazy_loader as lazy
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from experiments.datafiles import PROJECT_DATA, existing_path, numeric_columns, read_csv
+from experiments.datafiles import PROJECT_DATA, existing_path, numeric_columns, read_csv, text_columns
 from experiments.task import InputError, Param, Splits, Task, Variant
 
 # Imported when data is read or a model built: --help, --dry_run and a refused parameter need neither.
@@ -26,20 +28,25 @@ BUNDLED_CSV = PROJECT_DATA / "Churn_Modelling.csv"
 
 
 def load_churn(data_path, seed):
-    path = existing_path(data_path or BUNDLED_CSV, "churn data", "pass -P data=/path/to/Churn_Modelling.csv")
+    path = existing_path(data_path or BUNDLED_CSV, "churn data", "pass -P data=/path/to/Churn_Modelling.csv", file=True)
     # RowNumber, CustomerId and Surname are identifiers: not read, never features.
     frame = read_csv(path, ["Geography", "Gender", *NUMERIC_FEATURES, TARGET])
+    if frame.empty:
+        raise InputError(f"{path}: no data rows below the header")
+    frame = text_columns(frame, ["Geography", "Gender"], path)
     frame = numeric_columns(frame, [*NUMERIC_FEATURES, TARGET], path)
     if not frame[TARGET].isin([0, 1]).all():
         raise InputError(f"{path}: column {TARGET} must hold only 0 and 1")
     features = frame[["Geography", "Gender", *NUMERIC_FEATURES]]
-    x_train, x_test, y_train, y_test = sklearn.model_selection.train_test_split(
-        features,
-        frame[TARGET].to_numpy("float32"),
-        test_size=TEST_FRACTION,
-        stratify=frame[TARGET],
-        random_state=seed,
-    )
+    targets = frame[TARGET].to_numpy("float32")
+    split = functools.partial(sklearn.model_selection.train_test_split, test_size=TEST_FRACTION, random_state=seed)
+    try:
+        x_train, x_test, y_train, y_test = split(features, targets, stratify=targets)
+    except ValueError:  # too few rows of a class to stratify: `prepare_data` refuses what cannot train
+        try:
+            x_train, x_test, y_train, y_test = split(features, targets)
+        except ValueError:
+            raise InputError(f"{path}: {len(frame)} data row(s) are too few for a training and a test split") from None
     # One-hot Geography (first level dropped), encode Gender, then scale everything,
     # all fitted on the training split only.
     preprocess = sklearn.pipeline.make_pipeline(
@@ -50,7 +57,11 @@ def load_churn(data_path, seed):
                     sklearn.preprocessing.OneHotEncoder(drop="first", handle_unknown="ignore"),
                     ["Geography"],
                 ),
-                ("gender", sklearn.preprocessing.OrdinalEncoder(), ["Gender"]),
+                (
+                    "gender",  # a value the training rows lack (a tiny file) is coded -1, not refused
+                    sklearn.preprocessing.OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+                    ["Gender"],
+                ),
             ],
             remainder="passthrough",
         ),

@@ -2,7 +2,8 @@
 
 Reads either Kaggle layout: image folders (`train/<emotion>/*.jpg` with `test/<emotion>/`
 holding PublicTest_* and PrivateTest_* files, or Training/PublicTest/PrivateTest folders),
-or the original `fer2013.csv` (emotion, pixels, Usage); each also inside a .zip or .tar.gz.
+or a CSV with columns emotion, pixels, Usage (`fer2013.csv`, or `icml_face_data.csv`, whose
+column names start with a space); each also inside a .zip or .tar.gz.
 PublicTest validates, PrivateTest is the held-out test split.
 """
 
@@ -10,6 +11,7 @@ import io
 import sys
 import tarfile
 import zipfile
+import zlib
 from pathlib import PurePosixPath
 
 import lazy_loader as lazy
@@ -18,13 +20,15 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image, UnidentifiedImageError
 
 from experiments.datafiles import PROJECT_DATA, existing_path, read_csv
-from experiments.task import InputError, Param, Splits, Task, Variant
+from experiments.task import InputError, Param, Splits, Task, Variant, shown
 
 # Imported when data is read or a model built: --help, --dry_run and a refused parameter need neither.
 keras = lazy.load("keras")
+pd = lazy.load("pandas")
 scipy = lazy.load("scipy")
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+CLASS_NAMES = tuple(emotion.capitalize() for emotion in EMOTIONS)
 IMAGE_SIZE = 48
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -37,13 +41,20 @@ SPLIT_FOLDERS = {
     "test": "test",
 }
 USAGE_SPLITS = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
-LAYOUTS = "train/<emotion>/ and test/<emotion>/ image folders, or fer2013.csv"
+# Kaggle's two CSV forms, looked for inside a folder or archive in this order. A CSV given
+# itself is read whatever its name.
+CSV_NAMES = ("fer2013.csv", "icml_face_data.csv")
+CSV_COLUMNS = ("emotion", "pixels", "Usage")
+# What operating systems leave beside the data (lower-case names; besides these, every
+# dotfile, such as .DS_Store and AppleDouble ._* files): skipped in any folder or archive.
+OS_METADATA = {"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r", "__macosx"}
+LAYOUTS = "train/<emotion>/ and test/<emotion>/ image folders, or fer2013.csv or icml_face_data.csv"
 DEFAULT_LOCATIONS = ("fer2013", "fer2013.csv", "fer2013.tar.gz", "fer2013.zip")
 HOW_TO_GET = (
     "download FER2013 from Kaggle (image folders: https://www.kaggle.com/datasets/msambare/fer2013; "
     "fer2013.csv: https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-"
-    "recognition-challenge/data) and pass -P data=/path/to/it (a folder, fer2013.csv, .zip or .tar.gz), "
-    "or put it at data/fer2013"
+    "recognition-challenge/data) and pass -P data=/path/to/it (a folder, a CSV such as fer2013.csv or "
+    "icml_face_data.csv, .zip or .tar.gz), or put it at data/fer2013"
 )
 
 
@@ -54,30 +65,37 @@ def load_fer2013(data_path, seed):
             raise InputError(f"FER2013 not found in {PROJECT_DATA}: {HOW_TO_GET}")
         data_path = found[0]
     path = existing_path(data_path, "FER2013 data", HOW_TO_GET)
-    entries = list(_read_entries(path))
-    csv_entries = [entry for entry in entries if entry[0].name.lower() == "fer2013.csv"]
-    has_images = any(_split_of(parts) for parts, _ in entries)
-    if not has_images and csv_entries:
-        arrays = _from_csv(*csv_entries[0])
-    else:
-        arrays = _from_image_files(entries, path)
+    arrays = _read_arrays(path)
     if not arrays["train"][0].size or not arrays["test"][0].size:
-        raise InputError(f"{path}: found no training or no test images; expected {LAYOUTS}")
-    x_val, y_val = arrays.get("val", (None, None))
+        raise InputError(f"{shown(path, None)}: found no training or no test images; expected {LAYOUTS}")
+    x_val, y_val = arrays["val"]
     splits = Splits(
         *arrays["train"],
         *arrays["test"],
-        x_val=x_val if x_val is not None and x_val.size else None,
-        y_val=y_val if x_val is not None and x_val.size else None,
+        x_val=x_val if x_val.size else None,
+        y_val=y_val if x_val.size else None,
         source=str(path),
-        class_names=tuple(emotion.capitalize() for emotion in EMOTIONS),
+        class_names=CLASS_NAMES,
     )
+    warn_of_missing_classes(splits)
     check_sharpness(splits)
     return splits
 
 
+def _read_arrays(path):
+    """{split: (images, labels)} from a CSV, or from the image folders (else a CSV) of a folder or archive."""
+    if path.is_file() and path.suffix.lower() == ".csv":  # its columns, not its name, say what it is
+        return _from_csv(path.read_bytes(), shown(path, None))
+    entries = [(parts, read) for parts, read in _read_entries(path) if not _is_os_metadata(parts)]
+    tables = [(parts, read) for parts, read in entries if parts.name.lower() in CSV_NAMES]
+    if tables and not any(_split_of(parts) for parts, _ in entries):
+        parts, read = min(tables, key=lambda table: (CSV_NAMES.index(table[0].name.lower()), str(table[0])))
+        return _from_csv(read(), _where(path, parts))
+    return _from_image_files(entries, path)
+
+
 def _read_entries(path):
-    """Yield (relative path, reader) for every file in a folder, .zip or .tar(.gz), or a lone CSV."""
+    """Yield (relative path, reader) for every file in a folder or a .zip or .tar(.gz)."""
     name = path.name.lower()
     if path.is_dir():
         for file in sorted(path.rglob("*")):
@@ -87,10 +105,10 @@ def _read_entries(path):
         try:
             archive = zipfile.ZipFile(path)
         except zipfile.BadZipFile as error:
-            raise InputError(f"{path} is not a readable zip archive ({error})") from None
+            raise InputError(f"{shown(path, None)} is not a readable zip archive ({shown(error)})") from None
         for info in archive.infolist():
             if not info.is_dir():
-                yield PurePosixPath(info.filename), lambda info=info: archive.read(info)
+                yield PurePosixPath(info.filename), lambda info=info: _read_member(archive, info, path)
     elif name.endswith((".tar", ".tar.gz", ".tgz")):
         try:
             with tarfile.open(path) as archive:
@@ -99,16 +117,33 @@ def _read_entries(path):
                         data = archive.extractfile(member).read()
                         yield PurePosixPath(member.name), lambda data=data: data
         except (tarfile.TarError, EOFError, OSError) as error:
-            raise InputError(f"{path} is not a readable tar archive ({error})") from None
-    elif name.endswith(".csv"):
-        yield PurePosixPath(path.name), path.read_bytes
+            raise InputError(f"{shown(path, None)} is not a readable tar archive ({shown(error)})") from None
     else:
-        raise InputError(f"{path}: expected a folder, fer2013.csv, {' or '.join(ARCHIVE_SUFFIXES)}")
+        archives = ", ".join(ARCHIVE_SUFFIXES)
+        raise InputError(f"{shown(path, None)}: expected a folder, a .csv file or a {archives} archive")
+
+
+def _read_member(archive, info, path):
+    """A zip member's bytes; a corrupt, encrypted or Deflate64 member is refused by name."""
+    try:
+        return archive.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as error:
+        raise InputError(f"{_where(path, info.filename)} cannot be read from the archive ({shown(error)})") from None
+
+
+def _is_os_metadata(parts):
+    """Thumbs.db, desktop.ini, .DS_Store, ._* and the like, or anything in a __MACOSX/ or dot folder."""
+    return any(part.startswith(".") or part.lower() in OS_METADATA for part in parts.parts)
+
+
+def _where(root, parts):
+    """A file inside `root` as a message names it: one line, whole."""
+    return shown(f"{root}/{parts}", None)
 
 
 def _split_of(parts):
     """The split of a file at <split>/<emotion>/<file>, or None for files outside the layout."""
-    if len(parts.parts) < 3 or any(part.startswith(".") or part == "__MACOSX" for part in parts.parts):
+    if len(parts.parts) < 3:
         return None
     split = SPLIT_FOLDERS.get(parts.parts[-3].lower())
     if split == "test" and parts.name.startswith("PublicTest"):
@@ -123,57 +158,123 @@ def _from_image_files(entries, root):
         split = _split_of(parts)
         if split is None:
             continue
-        where = f"{root}/{parts}"
+        where = _where(root, parts)
         if parts.suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"{where} is not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
         emotion = parts.parent.name.lower()
         if emotion not in EMOTIONS:
-            raise InputError(f"{where}: folder '{parts.parent.name}' is not an emotion ({', '.join(EMOTIONS)})")
+            raise InputError(f"{where}: folder '{shown(parts.parent.name)}' is not an emotion ({', '.join(EMOTIONS)})")
         images[split].append(_decode(read(), where))
         labels[split].append(EMOTIONS.index(emotion))
     return {split: _stack(images[split], labels[split]) for split in images}
 
 
 def _decode(data, where):
-    """A grayscale 48x48 uint8 image; other sizes are resized, as the tutorial's loader did."""
+    """A grayscale 48x48 uint8 image; colour is converted and other sizes are resized, as
+    the tutorial's loader did."""
+    if not data:
+        raise InputError(f"{where} is empty (0 bytes), not an image")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image = image.convert("L")
             if image.size != (IMAGE_SIZE, IMAGE_SIZE):
                 image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype="uint8")
-    except (UnidentifiedImageError, OSError) as error:
-        raise InputError(f"{where} is not a readable image ({error})") from None
+    except UnidentifiedImageError:  # its own text names the in-memory file, not ours
+        raise InputError(f"{where} is not a readable image (not a format Pillow reads)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(f"{where} is not a readable image ({shown(error)})") from None
 
 
-def _from_csv(parts, read):
-    where = str(parts)
-    frame = read_csv(io.BytesIO(read()), ["emotion", "pixels", "Usage"], name=where)
-    arrays = {}
-    for usage, split in USAGE_SPLITS.items():
-        rows = frame[frame["Usage"] == usage]
-        images = [_pixels(row, where) for row in rows["pixels"]]
-        emotions = rows["emotion"].to_numpy()
-        if not np.isin(emotions, np.arange(len(EMOTIONS))).all():
-            raise InputError(f"{where}: column emotion must hold integers 0-6")
-        arrays[split] = _stack(images, emotions)
-    return arrays
+def _from_csv(data, where):
+    """{split: (images, labels)} from a CSV of emotion, pixels and Usage; a bad cell is
+    refused with its column and data row (1-based, the header not counted)."""
+    frame = read_csv(io.BytesIO(data), (), name=where)
+    frame.columns = [str(column).strip() for column in frame.columns]  # icml_face_data.csv: " Usage"
+    missing = [column for column in CSV_COLUMNS if column not in frame.columns]
+    if missing:
+        raise InputError(f"{where} lacks required column(s): {', '.join(missing)}")
+    splits = _usage_splits(frame["Usage"], where)
+    labels = _labels(frame["emotion"], where)
+    images = np.stack([_pixels(text, where, row) for row, text in enumerate(frame["pixels"], start=1)])[..., np.newaxis]
+    return {split: (images[splits == split], labels[splits == split]) for split in USAGE_SPLITS.values()}
 
 
-def _pixels(text, where):
+def _usage_splits(cells, where):
+    """Each row's split; the usages that make a training and a test split must be there."""
+    splits = np.array([USAGE_SPLITS.get(cell.strip(), "") if isinstance(cell, str) else "" for cell in cells])
+    _refuse_first(cells, splits == "", where, "Usage", "Training, PublicTest or PrivateTest")
+    for usage in ("Training", "PrivateTest"):
+        if not (splits == USAGE_SPLITS[usage]).any():
+            raise InputError(f"{where}: no data row has Usage {usage}; expected {', '.join(USAGE_SPLITS)} rows")
+    return splits
+
+
+def _labels(cells, where):
+    numbers = pd.to_numeric(cells, errors="coerce")
+    _refuse_first(cells, ~numbers.isin(range(len(EMOTIONS))).to_numpy(), where, "emotion", "integers 0-6")
+    return numbers.to_numpy().astype("int64")
+
+
+def _refuse_first(cells, bad, where, column, rule):
+    if bad.any():
+        row = int(bad.argmax())
+        raise _bad_cell(where, column, rule, row + 1, _found(cells.iloc[row]))
+
+
+def _found(cell):
+    """What a data row holds, in words: `is empty`, or `has 'abc'` (short, one line)."""
+    return "is empty" if pd.isna(cell) else f"has '{shown(cell)}'"
+
+
+def _bad_cell(where, column, rule, row, found):
+    return InputError(f"{where}: column {column} must hold {rule}; data row {row} {found}")
+
+
+def _pixels(text, where, row):
+    rule = f"{IMAGE_SIZE**2} integers 0-255 per row"
+    if not isinstance(text, str):
+        raise _bad_cell(where, "pixels", rule, row, _found(text))
+    words = text.split()
+    if len(words) != IMAGE_SIZE**2:
+        raise _bad_cell(where, "pixels", rule, row, f"has {len(words)} values")
     try:
-        values = np.array(str(text).split(), dtype="int64")
-    except ValueError:
-        values = np.array([])
-    if values.size != IMAGE_SIZE**2 or values.min() < 0 or values.max() > 255:
-        raise InputError(f"{where}: column pixels must hold {IMAGE_SIZE**2} integers 0-255 per row")
+        values = np.array(words, dtype="int64")
+    except (ValueError, OverflowError):
+        bad = next(word for word in words if not _is_int64(word))
+        raise _bad_cell(where, "pixels", rule, row, f"has '{shown(bad)}'") from None
+    outside = (values < 0) | (values > 255)
+    if outside.any():
+        raise _bad_cell(where, "pixels", rule, row, f"has {values[outside.argmax()]}")
     return values.astype("uint8").reshape(IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _is_int64(word):
+    try:
+        np.array(word, dtype="int64")
+    except (ValueError, OverflowError):
+        return False
+    return True
 
 
 def _stack(images, labels):
     if not images:
         return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 1), "uint8"), np.zeros((0,), "int64")
     return np.stack(images)[..., np.newaxis], np.array(labels, dtype="int64")
+
+
+def warn_of_missing_classes(splits):
+    """A class without training images cannot be learned; one without test images has no
+    recall to report (the test metrics leave it out rather than report 0). The model keeps
+    an output for each class either way."""
+    source = shown(splits.source, None)
+    for labels, split, consequence in (
+        (splits.y_train, "training", "the model cannot learn it"),
+        (splits.y_test, "test", "its recall is not reported"),
+    ):
+        for label in np.flatnonzero(np.bincount(labels, minlength=len(EMOTIONS)) == 0):
+            name = CLASS_NAMES[label]
+            print(f"warning: {source}: no {split} images of class {name}; {consequence}", file=sys.stderr)
 
 
 # AutoContrast stretches every face to the full 0-255 range, in training and serving alike:

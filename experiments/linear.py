@@ -16,7 +16,7 @@ TEST_FRACTION = 0.2
 
 
 def load_line(data_path, seed):
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the points and their test split: the same for every seed
     x = rng.uniform(1.0, 2.0, size=(NUM_POINTS, 1)).astype("float32")
     y = (TRUE_WEIGHT * x + TRUE_BIAS).astype("float32")
     num_test = int(NUM_POINTS * TEST_FRACTION)

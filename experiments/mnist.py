@@ -17,6 +17,7 @@ from experiments.task import InputError, Param, Splits, Task, Variant
 keras = lazy.load("keras")
 
 NUM_CLASSES = 10
+MAX_PIXEL = 255
 IMAGE_SHAPE = (28, 28, 1)
 LOCAL_NPZ = PROJECT_DATA / "mnist.npz"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -28,7 +29,7 @@ HOW_TO_GET = (
 
 def load_mnist(data_path, seed):
     if data_path is not None:
-        path = existing_path(data_path, "MNIST file", HOW_TO_GET)
+        path = existing_path(data_path, "MNIST file", HOW_TO_GET, file=True)
     elif LOCAL_NPZ.exists():
         path = LOCAL_NPZ
     else:
@@ -52,7 +53,11 @@ def load_mnist(data_path, seed):
 
 
 def read_npz(path):
-    """Keras' layout: uint8 images (n, 28, 28) and integer labels 0-9."""
+    """Keras' layout: images (n, 28, 28) and integer labels 0-9, as uint8 pixels and int64 labels.
+
+    Images may be integers in [0, 255], or floats in [0, 255] or (as normalized sets are)
+    in [0, 1]; NaN and values outside both ranges are refused, never cast.
+    """
     try:
         with np.load(path) as npz:
             missing = [key for key in NPZ_KEYS if key not in npz.files]
@@ -63,16 +68,35 @@ def read_npz(path):
         raise InputError(f"{path} is not a readable .npz file ({error})") from None
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if labels.shape == (len(images), 1):  # a column of labels
+            labels = arrays[f"y_{split}"] = labels.reshape(-1)
         if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[:2]:
             raise InputError(f"{path}: x_{split} has shape {images.shape}, expected (n, 28, 28)")
-        if len(labels) != len(images) or not np.isin(labels, np.arange(NUM_CLASSES)).all():
+        if labels.shape != (len(images),) or not np.isin(labels, np.arange(NUM_CLASSES)).all():
             raise InputError(f"{path}: y_{split} must hold one label 0-9 per image")
     return {
-        "x_train": arrays["x_train"].astype("uint8"),
+        "x_train": pixels(arrays["x_train"], f"{path}: x_train"),
         "y_train": arrays["y_train"].astype("int64"),
-        "x_test": arrays["x_test"].astype("uint8"),
+        "x_test": pixels(arrays["x_test"], f"{path}: x_test"),
         "y_test": arrays["y_test"].astype("int64"),
     }
+
+
+def pixels(images, where):
+    """uint8 pixels of integer or float images in [0, 255], or of float images in [0, 1]."""
+    is_float = np.issubdtype(images.dtype, np.floating)
+    if not (is_float or np.issubdtype(images.dtype, np.integer)):
+        raise InputError(f"{where} holds {images.dtype} values, expected pixel numbers")
+    if not images.size:
+        return images.astype("uint8")  # an empty split: `prepare_data` says so
+    if is_float and not np.isfinite(images).all():
+        raise InputError(f"{where} holds NaN or infinite pixel values")
+    low, high = images.min(), images.max()
+    if low < 0 or high > MAX_PIXEL:
+        raise InputError(f"{where} holds pixel values from {low:g} to {high:g}, expected 0-255 (or 0-1 floats)")
+    if is_float and high <= 1:
+        images = images * MAX_PIXEL  # normalized: back to the 0-255 the models rescale
+    return np.rint(images).astype("uint8")
 
 
 def mlp(input_shape, num_outputs, units, hidden_layers, dropout):

@@ -14,14 +14,23 @@ from optuna.distributions import BaseDistribution
 Kind = Literal["binary", "multiclass", "regression"]
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 TYPE_WORDS = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+MAX_SHOWN = 80  # characters of a bad value echoed in an error line
 
 
 class InputError(Exception):
-    """Bad user input: a parameter value or a data file. The message names which (exit code 2)."""
+    """Bad user input: a parameter value or a data file. The message names which (exit code 2).
+
+    Its text is one line whatever it quotes: a path holding a newline is escaped.
+    """
+
+    def __str__(self):
+        return shown(Exception.__str__(self), limit=None)
 
 
 class RunFailed(Exception):
     """A run that failed for a reason other than its input: a diverged training, a failed step (exit code 1)."""
+
+    __str__ = InputError.__str__
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,8 @@ class Param:
     """One parameter or command setting, declared once: type, default, valid values, one line of help.
 
     Bounds are inclusive (`ge`, `le`) or exclusive (`gt`, `lt`). `choices` lists the valid
-    values; `pattern` is a regular expression that the whole text must match.
+    values; `pattern` is a regular expression that the whole text must match; `max_length`
+    caps a text's length.
     """
 
     type: type
@@ -41,6 +51,7 @@ class Param:
     lt: float | None = None
     choices: tuple | None = None
     pattern: str | None = None
+    max_length: int | None = None  # of a text value
 
     @property
     def rule(self) -> str:
@@ -49,21 +60,25 @@ class Param:
             return f"one of {', '.join(map(str, self.choices))}"
         if self.pattern:
             return f"text matching {self.pattern}"
+        if self.max_length is not None:
+            return f"text of at most {self.max_length} characters"
         low = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
         high = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
         words = TYPE_WORDS[self.type]
         if low and high:
-            return f"{words} in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+            return f"{words} in {low[0]}{_bound(low[1])}, {_bound(high[1])}{high[0]}"
         if low:
-            return f"{words} {'>=' if low[0] == '[' else '>'} {low[1]:g}"
+            return f"{words} {'>=' if low[0] == '[' else '>'} {_bound(low[1])}"
         if high:
-            return f"{words} {'<=' if high[0] == ']' else '<'} {high[1]:g}"
+            return f"{words} {'<=' if high[0] == ']' else '<'} {_bound(high[1])}"
         return words
 
     def valid(self, value) -> bool:
         if self.choices and value not in self.choices:
             return False
         if self.pattern and not re.fullmatch(self.pattern, value):
+            return False
+        if self.max_length is not None and len(value) > self.max_length:
             return False
         return (
             (self.ge is None or value >= self.ge)
@@ -79,16 +94,23 @@ class Param:
             value = _convert(self.type, raw, text)
         except ValueError:
             kind = "a finite number" if self.type is float else TYPE_WORDS[self.type]
-            raise InputError(f"{name}: '{_one_line(raw)}' is not {kind}") from None
+            raise InputError(f"{name}: '{shown(raw)}' is not {kind}") from None
         if not self.valid(value):
-            raise InputError(f"{name}: {_one_line(value)} is out of range; it must be {self.rule}")
+            raise InputError(f"{name}: {shown(value)} is out of range; it must be {self.rule}")
         return value
 
 
-def _one_line(value):
-    """The value as it may appear in a one-line message: control characters escaped."""
-    text = str(value)
-    return text if text.isprintable() else text.encode("unicode_escape").decode()
+def _bound(number):
+    return str(number) if isinstance(number, int) else f"{number:g}"
+
+
+def shown(value, limit=MAX_SHOWN):
+    """`value` as a one-line message may echo it: control characters escaped, cut to `limit`
+    characters (None: whole, as for a path), and a NumPy scalar as its plain number."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(value))
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _convert(kind, raw, text):
@@ -155,7 +177,7 @@ class Task:
 
     name: str
     kind: Kind
-    load: Callable  # (data_path: Path | None, seed: int) -> Splits; None: the usual place
+    load: Callable  # (data_path: Path | None, seed: int) -> Splits; None: the usual place; seed: `split_seed`
     variants: dict[str, Variant]
     default_variant: str
     defaults: dict = field(default_factory=dict)  # training defaults of every variant

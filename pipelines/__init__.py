@@ -2,6 +2,8 @@
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banners out of the logs
+# TensorFlow's C++ log, its errors included: its `cuInit` and `use_unbounded_threadpool`
+# lines on every run read like failures and are not. Python exceptions still surface.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # A checkpoint's files come down one by one on resume: no progress bar for each.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

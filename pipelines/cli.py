@@ -23,6 +23,7 @@ from pipelines.params import (
     DRY_RUN,
     ENTRY_POINT_SETTINGS,
     EXPERIMENT,
+    REPEATS,
     RESUME,
     SYSTEM_METRICS_INTERVAL,
     declared_params,
@@ -32,6 +33,10 @@ from pipelines.params import (
 from pipelines.sweeps import settings as sweep_settings
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+# On the run `mlflow run` created, why the command refused or failed: the kind, and the `error:` line
+# as the run's description (MLflow shows the tag mlflow.note.content as the description).
+ERROR_KIND_TAG, BAD_INPUT, FAILED = "error.kind", "bad_input", "failed"
+DESCRIPTION_TAG = "mlflow.note.content"
 TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL"}
 
 
@@ -42,16 +47,30 @@ def train_command(line):
     task, variant = line.entry_point
     if line.settings["dry_run"]:
         plan = recipe(task, variant, line.params, line.given)
-        return _print_dry_run({**plan, "resume": line.settings["resume"]} if line.settings["resume"] else plan)
+        extra = {name: line.settings[name] for name in ("resume",) if line.settings[name]}
+        if line.settings["repeats"] > 1:  # the seeds it would train
+            extra["repeats"] = [line.params["seed"] + offset for offset in range(line.settings["repeats"])]
+        return _print_dry_run({**plan, **extra})
 
+    if line.settings["repeats"] > 1 and line.settings["resume"]:
+        raise InputError("repeats: resume continues one run; give repeats=1 with resume")
+    from pipelines.data import prepare_data
     from pipelines.tracking import use_experiment
-    from pipelines.train import train
+
+    splits = prepare_data(task, variant, line.params)  # bad data is refused before the experiment is created
+    from pipelines.train import train  # TensorFlow, once the data is known to be good
 
     use_experiment(line.settings["experiment"], task.name)
+    if line.settings["repeats"] > 1:
+        from pipelines.repeats import run_repeats
+
+        run_repeats(task, variant, line.params, line.settings["repeats"], line.settings["system_metrics_interval"])
+        return 0
     result = train(
         task,
         variant,
         line.params,
+        splits=splits,
         system_metrics_interval=line.settings["system_metrics_interval"],
         resume_run_id=line.settings["resume"],
     )
@@ -72,15 +91,20 @@ def sweep_command(line):
 
 
 def sweep_worker_command(line):
-    if sweep_settings.WORKER_SPEC_ENV not in os.environ:
-        raise InputError("sweep-worker: started by `sweep` only; run `python -m pipelines sweep` instead")
+    started_by_hand = "sweep-worker: started by `sweep` only; run `python -m pipelines sweep` instead"
+    if not os.environ.get(sweep_settings.WORKER_SPEC_ENV):
+        raise InputError(started_by_hand)
+    try:
+        spec = sweep_settings.SweepSpec.from_env()
+    except (ValueError, TypeError):  # not the JSON spec a coordinator writes
+        raise InputError(f"{started_by_hand} ({sweep_settings.WORKER_SPEC_ENV} holds no worker spec)") from None
     from pipelines.sweeps.worker import run_worker
 
     # Ctrl-C reaches the whole process group; the coordinator then stops its workers with
     # one SIGTERM each. A worker whose coordinator is gone (kill -9) stops too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stopping.watch_launcher(stopping.parent_launcher("its sweep coordinator"))
-    run_worker(sweep_settings.SweepSpec.from_env())
+    run_worker(spec)
     return 0
 
 
@@ -101,7 +125,7 @@ def reap_command(line):
 
 def workflow_command(line):
     task, variant = line.entry_point
-    workflow.run_workflow(task, variant, line.settings, line.given)  # given ones are checked: before any step
+    workflow.run_workflow(task, variant, line.settings, line.given, line.params)  # all checked before any step
     return 0
 
 
@@ -118,6 +142,7 @@ TRAIN_SETTINGS = {
     **ENTRY_POINT_SETTINGS,
     "experiment": EXPERIMENT,
     "resume": RESUME,
+    "repeats": REPEATS,
     "system_metrics_interval": SYSTEM_METRICS_INTERVAL,
     "dry_run": DRY_RUN,
 }
@@ -238,10 +263,13 @@ def parse_command_line(argv):
 
 
 def _command_name(words):
+    if words and words[0] in COMMANDS and COMMANDS[words[0]].hidden:
+        return words[0]  # not offered by --help, nor among the choices an unknown command is told of
     top = _Parser(prog="python -m pipelines", description=__doc__.split("\n")[0])
     names = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        names.add_parser(name, add_help=False, **({} if command.hidden else {"help": command.help}))
+        if not command.hidden:
+            names.add_parser(name, add_help=False, help=command.help)
     return top.parse_args(words).command
 
 
@@ -316,11 +344,18 @@ def main(argv=None):
             return finished.code
         except argparse.ArgumentError as error:
             raise InputError(_argparse_message(error)) from None
-        return COMMANDS[line.command].run(line)
+        _check_launched_experiment(line.settings.get("experiment"), launched_run_id)
+
+        def report_forced_stop(cause):  # the stop watchdog's, once the run ended KILLED from its thread
+            print(f"stopped ({cause}): the run ended KILLED", file=sys.stderr, flush=True)
+            stopping.keep_status(launcher, launched_run_id, "KILLED")
+
+        with stopping.on_forced_stop(report_forced_stop):
+            return COMMANDS[line.command].run(line)
     except InputError as error:
-        return _stop(f"error: {error}", "FAILED", EXIT_BAD_INPUT)
+        return _stop(f"error: {error}", "FAILED", EXIT_BAD_INPUT, (launched_run_id, BAD_INPUT))
     except RunFailed as error:
-        return _stop(f"error: {error}", "FAILED", EXIT_FAILED)
+        return _stop(f"error: {error}", "FAILED", EXIT_FAILED, (launched_run_id, FAILED))
     except KeyboardInterrupt as stop:
         code = _stop(f"stopped ({stop or 'SIGINT'}): the run ended KILLED", "KILLED", EXIT_INTERRUPTED)
         # `mlflow run` will overwrite KILLED with FAILED once this process exits: put it back then.
@@ -332,11 +367,41 @@ def main(argv=None):
         sys.unraisablehook = unraisable_hook
 
 
-def _stop(message, status, code):
-    """One line on stderr, and the run `mlflow run` created for us ended with `status`."""
+def _check_launched_experiment(requested, launched_run_id):
+    """Under `mlflow run`, the run exists before the command starts, in the experiment `mlflow run`
+    chose: an `experiment` setting that names another one cannot be honoured, so it is refused."""
+    if not (requested and launched_run_id):
+        return
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        actual = client.get_experiment(client.get_run(launched_run_id).info.experiment_id).name
+    except mlflow.MlflowException:
+        return  # no such run: what uses it says so
+    if requested != actual:
+        raise InputError(
+            f"experiment: '{requested}' cannot apply: mlflow run created this run in experiment '{actual}' "
+            f"before the command started; choose the experiment with `mlflow run --experiment-name {requested}`"
+        )
+
+
+def _stop(message, status, code, error=(None, None)):
+    """One line on stderr, and the run `mlflow run` created for us ended with `status`. Given
+    `error` (the launched run's id, the kind), that run records the kind (tag error.kind) and the
+    line (as its description), whether it was resumed and ended already or not."""
     print(message, file=sys.stderr, flush=True)
-    if os.environ.get("MLFLOW_RUN_ID"):
+    run_id, kind = error
+    if run_id or os.environ.get("MLFLOW_RUN_ID"):  # MLflow unsets MLFLOW_RUN_ID once the run has ended
+        import mlflow
+
         from pipelines.tracking import end_pending_run
 
-        end_pending_run(status)
+        try:
+            if run_id and kind:
+                tags = {ERROR_KIND_TAG: kind, DESCRIPTION_TAG: message}
+                mlflow.MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+            end_pending_run(status)
+        except mlflow.MlflowException:
+            pass  # the store refused (what failed may be the store itself): `mlflow run` still ends the run FAILED
     return code

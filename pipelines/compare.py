@@ -5,13 +5,18 @@
 
 `--model` takes comma-separated specs: `name` (all its versions), `name/3`, `name@champion`;
 `*` in a name matches several registered models. The report is an HTML page with a
-table, overlaid learning curves and the confusion matrices side by side. It is logged on
+table (the headline metric's 95% interval beside it, and mean ± std over seeds for a
+version from `train --repeats`), the intervals as error bars, a matrix of paired tests
+between the versions that share a test split, overlaid learning curves and the
+confusion matrices side by side. It is logged on
 a `compare-...` run (HTML, PNG and CSV under `comparison/`) and written to a local file.
 """
 
 import base64
+import contextlib
 import fnmatch
 import io
+import os
 import re
 import time
 from pathlib import Path
@@ -21,9 +26,9 @@ import lazy_loader as lazy
 import numpy as np
 
 from experiments import TASKS, InputError, Param
-from pipelines import tracking
-from pipelines.params import MAIN_ENTRY_POINT, NAME_PATTERN, TRAINING_PARAMS
-from pipelines.registry import CHAMPION, test_digest
+from pipelines import significance, tracking
+from pipelines.params import MAIN_ENTRY_POINT, MAX_EXPERIMENT_NAME, NAME_PATTERN, TRAINING_PARAMS
+from pipelines.registry import CHAMPION, REPEAT_COUNT_TAG, logged_predictions, test_digest
 
 # Imported on first use: --help and a refused setting need none of them.
 mlflow = lazy.load("mlflow")
@@ -42,6 +47,8 @@ LATENCY_REPEATS = 20
 THROUGHPUT_BATCH = 256
 REPORT_DIR = Path("reports")
 LINEAGE_COLUMNS = ("run_id", "study", "test_dataset_digest", "git_commit")
+HEADLINE_METRICS = ("test_accuracy", "test_mse")  # the metrics with a 95% interval (`<metric>_ci_low`, `_ci_high`)
+PAIRWISE_ALPHA = 0.05
 SETTINGS = {
     "model": Param(
         str, MAIN_ENTRY_POINT, "comma-separated name (every version), name/3, name@champion, 'mnist_cnn*@champion'"
@@ -51,6 +58,7 @@ SETTINGS = {
         str,
         "",
         "the MLflow experiment of the comparison run; empty: $MLFLOW_EXPERIMENT_NAME (or _ID), else comparisons",
+        max_length=MAX_EXPERIMENT_NAME,
     ),
 }
 DEFAULT_EXPERIMENT = "comparisons"
@@ -128,6 +136,8 @@ def version_row(client, version):
         "version": int(version.version),
         "aliases": ", ".join(sorted(version.aliases)),
         **{name: value for name, value in sorted(metrics.items()) if name.startswith("test_") and not _per_class(name)},
+        **_interval_columns(metrics),
+        **_repeat_group(client, run),
         **{name: _as_number(params[name]) for name in KEY_PARAMS if name in params},
         "num_params": int(params["num_params"]) if "num_params" in params else None,
         "train_time_s": metrics.get("train_time_s"),
@@ -140,6 +150,93 @@ def version_row(client, version):
         "git_commit": run.data.tags.get(tracking.GIT_COMMIT_TAG, "")[:10],
     }
     return row
+
+
+def _interval_columns(metrics):
+    """`test_accuracy 95%`: the headline metric's interval as text, for the table and the console."""
+    columns = {}
+    for metric in HEADLINE_METRICS:
+        low, high = metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high")
+        if low is not None and high is not None:
+            columns[f"{metric} 95%"] = f"{low:.4f} to {high:.4f}"
+    return columns
+
+
+def _repeat_group(client, run):
+    """`<metric> over seeds`: mean ± std of the headline metric over the seed-repeats group the
+    version's run belongs to (`train --repeats N`), or nothing for a run trained alone."""
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    if not parent_id:
+        return {}
+    parent = client.get_run(parent_id)
+    count = parent.data.tags.get(REPEAT_COUNT_TAG)
+    for metric in HEADLINE_METRICS:
+        mean, std = parent.data.metrics.get(f"{metric}_mean"), parent.data.metrics.get(f"{metric}_std")
+        if count and mean is not None and std is not None:
+            return {f"{metric} over seeds": f"{mean:.4f} ± {std:.4f} ({count} seeds)"}
+    return {}
+
+
+def _is_interval_end(column):
+    return column.endswith(("_ci_low", "_ci_high"))
+
+
+def intervals_figure(table, labels):
+    """Each version's headline metric with its 95% interval as an error bar, or None without intervals."""
+    metric = next((m for m in HEADLINE_METRICS if f"{m}_ci_low" in table and table[f"{m}_ci_low"].notna().any()), None)
+    if metric is None:
+        return None
+    rows = [(label, row) for label, (_, row) in zip(labels, table.iterrows(), strict=True) if pd.notna(row[metric])]
+    figure, axis = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
+    for position, (_, row) in enumerate(rows):
+        value, low, high = row[metric], row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+        error = [[value - low], [high - value]] if pd.notna(low) and pd.notna(high) else None
+        axis.errorbar([value], [position], xerr=error, fmt="o", capsize=4)
+    axis.set_yticks(range(len(rows)), [label for label, _ in rows])
+    axis.invert_yaxis()
+    axis.set(title=f"{metric} with its 95% interval", xlabel=metric)
+    axis.grid(alpha=0.3, axis="x")
+    figure.tight_layout()
+    return figure
+
+
+def pairwise_tests(client, versions, labels, alpha=PAIRWISE_ALPHA):
+    """A matrix (DataFrame, rows and columns the versions' labels): is the row's version
+    significantly better than the column's on the same test examples? McNemar's exact test
+    for classifiers, a paired bootstrap of the squared errors for regressions, on the test
+    predictions each run logged. Versions tested on other splits, or without logged
+    predictions, are not paired. None when fewer than two versions can be paired."""
+    predictions = {}
+    for label, version in zip(labels, versions, strict=True):
+        run = client.get_run(version.run_id)
+        found = logged_predictions(run, test_digest(run) or None)
+        if found is not None:
+            predictions[label] = found
+    if len(predictions) < 2:
+        return None
+    cells = {label: {} for label in labels}
+    for row in labels:
+        for column in labels:
+            cells[row][column] = _pair_cell(predictions.get(row), predictions.get(column), alpha, row == column)
+    return pd.DataFrame(cells).T[labels]
+
+
+def _pair_cell(row, column, alpha, same):
+    if same:
+        return "-"
+    if row is None or column is None:
+        return "no logged test predictions"
+    if row["test_digest"] != column["test_digest"] or not np.array_equal(row["truth"], column["truth"]):
+        return "other test split"
+    pair = significance.paired_bootstrap if row["kind"] == "regression" else significance.paired_classifiers
+    test = pair(row["truth"], row["predicted"], column["predicted"])
+    if test.significant(alpha):
+        verdict = "better"
+    elif test.gain < 0 and test.p_value < alpha:
+        verdict = "worse"
+    else:
+        verdict = "no significant difference"
+    return f"{verdict} (p = {test.p_value:.2g})"
 
 
 def _per_class(metric):
@@ -220,10 +317,14 @@ def confusion_figure(versions, labels):
 # --- the report -------------------------------------------------------------------------
 
 
-def render_html(title, table, figures):
-    """A self-contained page: the table, then each figure ({name: PNG bytes}) embedded."""
+def render_html(title, table, figures, pairwise=None):
+    """A self-contained page: the table, the pairwise tests (a DataFrame, or None), then each
+    figure ({name: PNG bytes}) embedded."""
     table_html = table.to_html(index=False, na_rep="", float_format=_number)  # pandas escapes the cells
-    return REPORT.get_template("compare_report.html").render(title=title, table=table_html, figures=figures)
+    pairwise_html = pairwise.to_html() if pairwise is not None else ""
+    return REPORT.get_template("compare_report.html").render(
+        title=title, table=table_html, figures=figures, pairwise=pairwise_html, alpha=PAIRWISE_ALPHA
+    )
 
 
 def _number(value):
@@ -243,29 +344,73 @@ def run_comparison(spec, output="", experiment=""):
     labels = [f"{v.name} v{v.version}" + (f" ({CHAMPION})" if CHAMPION in v.aliases else "") for v in versions]
     table = pd.DataFrame([version_row(client, v) for v in versions])
     figures = {"learning_curves": learning_curves_figure(client, versions, labels)}
+    intervals = intervals_figure(table, labels)
+    if intervals is not None:
+        figures = {"test_metric_intervals": intervals, **figures}
     matrices = confusion_figure(versions, labels)
     if matrices is not None:
         figures["confusion_matrices"] = matrices
-    page = render_html(f"Model comparison: {spec}", table, {name: _png(f) for name, f in figures.items()})
+    pairwise = pairwise_tests(client, versions, labels)
+    page = render_html(f"Model comparison: {spec}", table, {name: _png(f) for name, f in figures.items()}, pairwise)
 
     path = Path(output) if output else REPORT_DIR / f"compare-{_slug(spec)}.html"
-    try:  # before the run starts: a bad path leaves no run behind
+    # The page goes to a file beside `path` first: a bad path is refused before any experiment or
+    # run exists, and `path` itself appears only once the comparison run has logged it all.
+    draft = None
+    try:
+        if path.is_dir():
+            raise InputError(f"output: {path} is a directory; give the report's file name, e.g. {path / 'report.html'}")
+        draft = path.with_name(f".{path.name}.{os.getpid()}.part")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page)
-    except OSError as error:
-        raise InputError(f"output: cannot write {path}: {error.strerror or error}") from None
-    tracking.use_experiment(experiment, DEFAULT_EXPERIMENT)
-    with tracking.mlflow_run(run_name=f"compare-{_slug(spec)}", tags={"step": "compare", "compared": spec}) as run:
-        mlflow.log_param("models", spec)
-        mlflow.log_text(page, "comparison/report.html")
-        mlflow.log_text(table.to_csv(index=False), "comparison/table.csv")
-        for name, figure in figures.items():
-            tracking.log_figure(figure, f"comparison/{name}.png")
+        draft.write_text(page)
+    except (OSError, ValueError) as error:  # ValueError: a name the file system refuses (a NUL)
+        if draft is not None:
+            with contextlib.suppress(OSError, ValueError):
+                draft.unlink(missing_ok=True)
+        raise InputError(f"output: cannot write {path}: {getattr(error, 'strerror', None) or error}") from None
+    try:
+        tags = {"step": "compare", "compared": spec}
+        experiment_id = _comparison_experiment(experiment)
+        with tracking.mlflow_run(run_name=f"compare-{_slug(spec)}", tags=tags, experiment_id=experiment_id) as run:
+            mlflow.log_param("models", spec)
+            mlflow.log_text(page, "comparison/report.html")
+            mlflow.log_text(table.to_csv(index=False), "comparison/table.csv")
+            if pairwise is not None:
+                mlflow.log_text(pairwise.to_csv(), "comparison/pairwise_tests.csv")
+            for name, figure in figures.items():
+                tracking.log_figure(figure, f"comparison/{name}.png")
+            mlflow.set_tag(
+                tracking.DESCRIPTION_TAG,
+                f"Comparison of `{spec}` ({len(table)} versions): the report is the artifact "
+                "`comparison/report.html`, beside its table, paired tests and figures.",
+            )
+        draft.replace(path)
+    finally:
+        draft.unlink(missing_ok=True)
     # The console gets the headline columns; the report has them all.
-    brief = table.drop(columns=[c for c in table if _per_class(c) or c in LINEAGE_COLUMNS])
+    brief = table.drop(columns=[c for c in table if _per_class(c) or _is_interval_end(c) or c in LINEAGE_COLUMNS])
     print(brief.to_string(index=False, float_format=_number))
+    if pairwise is not None:
+        print(f"paired tests on the same test examples (row against column, alpha {PAIRWISE_ALPHA:g}):")
+        print(pairwise.to_string())
     print(f"report: {path} (and comparison/report.html on run {run.info.run_id})")
+    tracking.print_links({"the comparison run": tracking.run_url(run.info.experiment_id, run.info.run_id)})
     return path, run.info.run_id
+
+
+def _comparison_experiment(experiment):
+    """The comparison run's experiment: the one asked for, else `comparisons` of its own, not
+    the training experiment MLFLOW_EXPERIMENT_ID may name (under `mlflow run`, the run it made).
+    One MLflow refuses (deleted, unknown id) is bad input."""
+    if not experiment:
+        tracking.open_store()
+        return None if os.environ.get("MLFLOW_RUN_ID") else tracking.experiment_of_its_own(DEFAULT_EXPERIMENT)
+    try:
+        return tracking.use_experiment(experiment, DEFAULT_EXPERIMENT)
+    except mlflow.MlflowException as error:
+        if error.error_code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            raise
+        raise InputError(f"experiment: {str(error.message).strip().splitlines()[0]}") from None
 
 
 def _slug(spec):

@@ -21,6 +21,7 @@ import time
 import psutil
 
 from experiments import InputError, Param
+from pipelines.params import MAX_EXPERIMENT_NAME
 from pipelines.stopping import alive
 
 HEARTBEAT_SECONDS = 30
@@ -38,7 +39,9 @@ SETTINGS = {
         f"{HEARTBEAT_SECONDS} s); a run on this host whose process is gone is stale at once",
         ge=2 * HEARTBEAT_SECONDS,
     ),
-    "experiment": Param(str, "", "reap only this MLflow experiment; empty: every experiment"),
+    "experiment": Param(
+        str, "", "reap only this MLflow experiment; empty: every experiment", max_length=MAX_EXPERIMENT_NAME
+    ),
     "dry_run": Param(bool, False, "list the stale runs and change nothing"),
 }
 

@@ -13,6 +13,8 @@ OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 NAME_PATTERN = r"[A-Za-z0-9_.-]{0,100}"  # study and model names: safe in file names and search filters
 MAIN_ENTRY_POINT = "mnist_cnn"
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
+MAX_EXPERIMENT_NAME = 256  # MLflow checks 500, but its table's column holds 256 on PostgreSQL
 
 TRAINING_PARAMS = {
     "epochs": Param(int, 10, "passes over the training data", ge=1),
@@ -22,7 +24,17 @@ TRAINING_PARAMS = {
     "lr_schedule": Param(
         str, "constant", "constant, or cosine decay from learning_rate to 0 over all epochs", choices=LR_SCHEDULES
     ),
-    "seed": Param(int, 42, "seeds Python, NumPy, Keras and the data splits", ge=0),
+    "seed": Param(int, 42, "seeds Python, NumPy, Keras, the batches and the validation split", ge=0, le=MAX_SEED),
+    # The test split stays put when `seed` changes: runs of a task are tested on the same examples,
+    # so they pair example by example (promote's gate) and repeats vary the training alone.
+    "split_seed": Param(
+        int,
+        42,
+        "seeds the test split, for tasks that draw or generate one (churn, iris, linear); change it to test "
+        "on other examples",
+        ge=0,
+        le=MAX_SEED,
+    ),
     "max_samples": Param(int, 0, "train on this many examples; 0 uses all", ge=0),
     "validation_fraction": Param(float, 0.1, "share of the training data held out to validate", ge=0, lt=1),
     "patience": Param(
@@ -39,7 +51,12 @@ ENTRY_POINT_SETTINGS = {
     "task": Param(str, MAIN_ENTRY_POINT, "a task (mnist) or an entry point (mnist_cnn_bn)"),
     "variant": Param(str, "", "the task's variant; empty: the entry point's, or the task's default"),
 }
-EXPERIMENT = Param(str, "", "the MLflow experiment; empty: $MLFLOW_EXPERIMENT_NAME (or _ID), else the task's name")
+EXPERIMENT = Param(
+    str,
+    "",
+    "the MLflow experiment; empty: $MLFLOW_EXPERIMENT_NAME (or _ID), else the task's name",
+    max_length=MAX_EXPERIMENT_NAME,
+)
 DRY_RUN = Param(bool, False, "print the merged recipe as YAML and exit without starting a run")
 RESUME = Param(
     str,
@@ -47,6 +64,13 @@ RESUME = Param(
     "continue this run (its id) from its last checkpoint: a KILLED, FAILED or lost run, or a FINISHED one "
     "given more epochs; its other parameters must be the run's",
     pattern="[0-9a-fA-F]*",
+)
+REPEATS = Param(
+    int,
+    1,
+    "train this many seeds (seed, seed+1, ...) as nested runs under one parent run, which logs each test "
+    "metric's mean, std, min and max and names its median seed's run",
+    ge=1,
 )
 SYSTEM_METRICS_INTERVAL = Param(
     int, 10, "seconds between samples of MLflow's system metrics (CPU, memory, disk, network, GPU); 0: none", ge=0

@@ -1,37 +1,63 @@
 """Promote a trained run to the MLflow model registry, gated by its held-out test metric.
 
     python -m pipelines promote --task mnist_cnn [--study NAME | --run_id ID] [--margin 0.001]
+                                [--gate paired|margin] [--alpha 0.05]
 
 The run becomes a version of the registered model named after its entry point and
 gets the alias `challenger`. The alias `champion` moves to it only when it beats the
-current champion on the same test data by more than `margin`. Promotions of one model
+current champion on the same test data by more than `margin` and, with `gate=paired`
+(the default), significantly: McNemar's exact test on the test examples the two
+classifiers disagree on (a paired bootstrap of the squared errors for a regression),
+p < `alpha`, from the test predictions each run logged. Promotions of one model
 are serialized by a lock, so that racing promotions lose no version and never leave a
-worse champion behind.
+worse champion behind. A seed-repeats parent run stands for its median seed's run.
 """
 
 from __future__ import annotations  # annotations name MLflow's types without importing MLflow
 
 import hashlib
+import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lazy_loader as lazy
+import numpy as np
 from filelock import FileLock
 
 from experiments import InputError, Param, resolve
-from pipelines import tracking
-from pipelines.params import ENTRY_POINT_SETTINGS, NAME_PATTERN
+from pipelines import significance, tracking
+from pipelines.params import ENTRY_POINT_SETTINGS, MAX_EXPERIMENT_NAME, NAME_PATTERN
 
 mlflow = lazy.load("mlflow")  # imported on first use: --help and a refused setting need none of it
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+PAIRED, MARGIN = "paired", "margin"
+# A seed-repeats parent run (pipelines/repeats.py): how many seeds, and the run of its median seed.
+REPEAT_COUNT_TAG, REPEAT_MEDIAN_TAG = "repeat.count", "repeat.median_run_id"
+GATES = (PAIRED, MARGIN)
+# Promote runs live here, not among the training runs (in whose tables and charts they would
+# pass for models): the runs `mlflow run` creates stay in the experiment it chose.
+PROMOTE_EXPERIMENT = "promotions"
 SETTINGS = {
     **ENTRY_POINT_SETTINGS,
-    "experiment": Param(str, "", "search only this MLflow experiment and log the promote run there; empty: search all"),
+    "experiment": Param(
+        str,
+        "",
+        f"search only this MLflow experiment; empty: search all (the promote run goes to '{PROMOTE_EXPERIMENT}')",
+        max_length=MAX_EXPERIMENT_NAME,
+    ),
     "run_id": Param(str, "", "promote this run; empty: the best run", pattern="[0-9a-zA-Z]*"),
     "study": Param(str, "", "promote the best trial of this sweep; empty: the best run of any", pattern=NAME_PATTERN),
     "margin": Param(float, 0.0, "how much better than the champion a run must be", ge=0),
+    "gate": Param(
+        str,
+        PAIRED,
+        "paired: the champion moves only on a win by more than margin that is significant on the same test "
+        "examples (McNemar's exact test; a paired bootstrap for regression); margin: on any win by more than margin",
+        choices=GATES,
+    ),
+    "alpha": Param(float, 0.05, "the paired gate's significance level: a win counts when p < alpha", gt=0, lt=1),
 }
 
 
@@ -51,6 +77,7 @@ class Decision:
     champion: str | None  # the champion's version after this promotion
     promoted: bool  # True: the new version became champion now
     reason: str
+    evidence: dict = field(default_factory=dict)  # promotion.* tags: the gate, its test, counts, p-value, intervals
 
     @property
     def outcome(self):
@@ -77,6 +104,10 @@ def find_candidate(task, variant, run_id="", study="", experiment_ids=None):
             run = client.get_run(run_id)
         except mlflow.MlflowException:
             raise InputError(f"run_id: no run {run_id} in the tracking store {mlflow.get_tracking_uri()}") from None
+        median = run.data.tags.get(REPEAT_MEDIAN_TAG)
+        if median:  # a seed-repeats parent stands for its median seed's run
+            print(f"run {run_id} repeats {run.data.tags.get(REPEAT_COUNT_TAG)} seeds: its median seed's run {median}")
+            run = client.get_run(median)
         if run.data.tags.get("entry_point") != entry_point:
             raise InputError(
                 f"run_id: run {run_id} trained {run.data.tags.get('entry_point', 'no entry point')}, not {entry_point}"
@@ -117,25 +148,35 @@ def _candidate(run, metric):
 # --- registering and gating -------------------------------------------------------------
 
 
-def promote(task, variant, candidate, margin):
-    """Register `candidate` (once) as a version of the entry point's model; move the aliases."""
+def promote(task, variant, candidate, margin, gate=PAIRED, alpha=0.05, evidence=None):
+    """Register `candidate` (once) as a version of the entry point's model; move the aliases.
+
+    The evidence against the champion (`weigh`) is gathered before anything is registered, so
+    a challenger that cannot be paired with the champion is refused with nothing changed;
+    `run_promotion` gathers it first, under the same lock, before its promote run starts."""
     name = task.qualified_name(variant)
     client = mlflow.MlflowClient()
     with promotion_lock(name):
         version = _existing_version(client, name, candidate.run.info.run_id)
+        champion = _current(client, name, CHAMPION)
+        if evidence is None and champion is not None and str(champion.version) != version:
+            evidence = weigh(task, candidate, champion, gate)
         if version is None:
             version = str(
                 mlflow.register_model(f"models:/{candidate.model_id}", name, tags=lineage_tags(candidate)).version
             )
         else:
             print(f"run {candidate.run.info.run_id} is already version {version} of {name}: not registered again")
-        champion = _current(client, name, CHAMPION)
-        decision = _gate(task, candidate, version, champion, margin)
+        decision = _gate(task, candidate, version, champion, margin, gate, alpha, evidence)
         client.set_registered_model_alias(name, CHALLENGER, version)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
-        client.set_model_version_tag(name, version, "promotion.decision", decision.outcome)
-        client.set_model_version_tag(name, version, "promotion.reason", decision.reason)
+        for key, value in {
+            "promotion.decision": decision.outcome,
+            "promotion.reason": decision.reason,
+            **decision.evidence,
+        }.items():
+            client.set_model_version_tag(name, version, key, value)
     return decision
 
 
@@ -180,60 +221,212 @@ def _current(client, name, alias):
         return None
 
 
-def _gate(task, candidate, version, champion, margin):
+@dataclass(frozen=True)
+class Evidence:
+    """The champion against the challenger on the challenger's test examples."""
+
+    champion_value: float  # the champion's metric on the challenger's test split
+    same_data: bool  # False: the champion was evaluated again on the challenger's split
+    intervals: dict  # {"challenger" | "champion": (low, high)} of the metric, where known
+    paired: significance.PairedTest | None = None  # gate=paired: the test on the same examples
+
+
+def _gate(task, candidate, version, champion, margin, gate=PAIRED, alpha=0.05, evidence=None):
     metric, value = candidate.metric, candidate.value
     if champion is None:
-        return Decision(version, version, True, f"no champion yet; {metric} {value:.4f}")
+        return Decision(version, version, True, f"no champion yet; {metric} {value:.4f}", {"promotion.gate": gate})
     if str(champion.version) == version:
         return Decision(version, version, False, f"version {version} is already the champion; {metric} {value:.4f}")
-    champion_value, same_data = _champion_value(task, champion, candidate)
+    evidence = evidence or weigh(task, candidate, champion, gate)
+    challenger_ci, champion_ci = (_interval_text(evidence.intervals.get(side)) for side in ("challenger", "champion"))
     verdict = (
-        f"{metric} {value:.4f} against champion version {champion.version}'s {champion_value:.4f} (margin {margin:g})"
+        f"{metric} {value:.4f}{challenger_ci and f' (95% interval {challenger_ci})'} against champion version "
+        f"{champion.version}'s {evidence.champion_value:.4f}{champion_ci and f' ({champion_ci})'} (margin {margin:g}"
     )
-    if not same_data:
+    verdict += f", alpha {alpha:g})" if gate == PAIRED else ")"
+    if not evidence.same_data:
         verdict += "; the champion was evaluated again on this run's test data"
-    if is_better(task, value, champion_value, margin):
-        return Decision(version, version, True, f"promoted: {verdict}")
-    return Decision(version, champion.version, False, f"kept the champion: {verdict}")
+    tags = {"promotion.gate": gate, "promotion.champion_version": str(champion.version)}
+    intervals = {"promotion.challenger_interval": challenger_ci, "promotion.champion_interval": champion_ci}
+    tags |= {key: text for key, text in intervals.items() if text}
+    wins = is_better(task, value, evidence.champion_value, margin)
+    if gate == PAIRED:
+        test = evidence.paired
+        tags |= {"promotion.alpha": f"{alpha:g}", **paired_tags(test)}
+        significant = test.significant(alpha)
+        wins = wins and significant
+        if test.gain <= 0:
+            why = "not a win"
+        elif not significant:
+            why = f"a win inside the noise (p >= alpha {alpha:g})"
+        elif not wins:
+            why = f"significant, but not above the margin {margin:g}"
+        else:
+            why = f"a significant win (p < alpha {alpha:g})"
+        verdict += f": {why}; {test.describe()}"
+    if wins:
+        return Decision(version, version, True, f"promoted: {verdict}", tags)
+    return Decision(version, champion.version, False, f"kept the champion: {verdict}", tags)
 
 
-def _champion_value(task, champion, candidate):
-    """(value, same data): the champion's metric on the candidate's test data: its logged value
-    when both ran on the same test split, else the champion evaluated again on the candidate's split."""
-    champion_run = mlflow.MlflowClient().get_run(champion.run_id)
-    if test_digest(champion_run) == test_digest(candidate.run) and candidate.metric in champion_run.data.metrics:
-        return champion_run.data.metrics[candidate.metric], True
-    return evaluate_on(task, candidate.run, f"models:/{champion.name}/{champion.version}")[candidate.metric], False
+def paired_tags(test):
+    """A paired test as a version's tags: which test, on how many examples, its counts and p-value."""
+    tags = {
+        "promotion.test": test.test,
+        "promotion.test_examples": str(test.examples),
+        "promotion.gain": f"{test.gain:.6g}",
+        "promotion.p_value": f"{test.p_value:.6g}",
+    }
+    if test.test == "mcnemar":
+        tags |= {
+            "promotion.challenger_only_right": str(test.challenger_only),
+            "promotion.champion_only_right": str(test.champion_only),
+        }
+    else:
+        tags["promotion.gain_interval"] = _interval_text(test.gain_interval)
+    return tags
+
+
+def _interval_text(interval):
+    return "" if interval is None else f"{interval[0]:.4f} to {interval[1]:.4f}"
+
+
+def weigh(task, candidate, champion, gate=PAIRED):
+    """The champion's metric (and interval) on the candidate's test data, and with gate=paired
+    the paired test of the two on the same examples.
+
+    Both runs' logged predictions are paired when they were tested on the same split (same
+    test digest); otherwise the champion is evaluated again on the candidate's split, and
+    refused (InputError) when it can't be: its data or model gone."""
+    client = mlflow.MlflowClient()
+    champion_run = client.get_run(champion.run_id)
+    digest = test_digest(candidate.run)
+    same_data = bool(digest) and test_digest(champion_run) == digest
+    metric = candidate.metric
+    intervals = {}
+    if _logged_interval(candidate.run, metric):
+        intervals["challenger"] = _logged_interval(candidate.run, metric)
+    if gate != PAIRED and same_data and metric in champion_run.data.metrics:
+        if _logged_interval(champion_run, metric):
+            intervals["champion"] = _logged_interval(champion_run, metric)
+        return Evidence(champion_run.data.metrics[metric], True, intervals)
+    challenger = logged_predictions(candidate.run, digest) if gate == PAIRED else None
+    if gate == PAIRED and challenger is None:  # a run from before predictions were logged
+        challenger = _evaluate_again(task, candidate.run, f"models:/{candidate.model_id}", "this run")
+    champion_predictions = logged_predictions(champion_run, digest) if same_data else None
+    if champion_predictions is None:
+        what = f"the champion, version {champion.version}"
+        if not same_data:
+            other = test_digest(champion_run) or "unknown"
+            what += f", tested on other data (test digest {other}, this run's {digest})"
+        champion_predictions = _evaluate_again(task, candidate.run, f"models:/{champion.name}/{champion.version}", what)
+    truth, predicted = champion_predictions["truth"], champion_predictions["predicted"]
+    champion_value = significance.metric_of(task.kind, truth, predicted)
+    if same_data and metric in champion_run.data.metrics:
+        champion_value = champion_run.data.metrics[metric]
+    intervals["champion"] = significance.interval_of(task.kind, truth, predicted)
+    paired = None
+    if gate == PAIRED:
+        if len(challenger["truth"]) != len(truth) or not np.array_equal(challenger["truth"], truth):
+            raise InputError(
+                f"run_id: run {candidate.run.info.run_id}'s logged test predictions are not of its test split as the "
+                "champion was evaluated on it; cannot pair them"
+            )
+        if task.kind == "regression":
+            paired = significance.paired_bootstrap(truth, challenger["predicted"], predicted)
+        else:
+            paired = significance.paired_classifiers(truth, challenger["predicted"], predicted)
+        intervals.setdefault("challenger", significance.interval_of(task.kind, truth, challenger["predicted"]))
+    return Evidence(champion_value, same_data, intervals, paired)
+
+
+def _logged_interval(run, metric):
+    low, high = (run.data.metrics.get(f"{metric}_ci_{end}") for end in ("low", "high"))
+    return None if low is None or high is None else (low, high)
+
+
+def logged_predictions(run, digest=None):
+    """{truth, predicted, ...} the run logged on its test split (`reporting.PREDICTIONS_ARTIFACT`),
+    or None when it logged none (or, given `digest`, of another split)."""
+    from pipelines import reporting  # matplotlib and scikit-learn: imported when a promotion pairs runs
+
+    with tempfile.TemporaryDirectory(prefix="predictions-") as folder:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path=reporting.PREDICTIONS_ARTIFACT, dst_path=folder
+            )
+            found = reporting.read_predictions(path)  # read whole: the file goes with the folder
+        except (mlflow.MlflowException, OSError, KeyError, ValueError):
+            return None
+    return found if digest is None or found["test_digest"] == digest else None
+
+
+def _evaluate_again(task, run, model_uri, what):
+    """{truth, predicted} of `model_uri` on `run`'s test split; refused in one line when it can't be done."""
+    try:
+        return evaluate_predictions(task, run, model_uri)[1]
+    except (InputError, OSError, mlflow.MlflowException) as error:
+        raise InputError(
+            f"run_id: cannot pair run {run.info.run_id} with {what}: evaluating it again on this run's test split "
+            f"failed ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from None
 
 
 def evaluate_on(task, run, model_uri):
     """Test metrics of `model_uri` on the test split that `run` was evaluated on."""
+    return evaluate_predictions(task, run, model_uri)[0]
+
+
+def evaluate_predictions(task, run, model_uri):
+    """(test metrics, {truth, predicted}) of `model_uri` on the test split `run` was evaluated on."""
+    from pipelines import reporting
     from pipelines.train import evaluate_model
 
     data = run.data.params.get("data") or None
-    splits = task.load(Path(data) if data else None, int(run.data.params.get("seed", 0)))
+    splits = task.load(Path(data) if data else None, split_seed_of(run))
     variant = run.data.tags["variant"]
-    metrics, _, _ = evaluate_model(mlflow.keras.load_model(model_uri), task, variant, splits)
-    return metrics
+    metrics, _, outputs = evaluate_model(mlflow.keras.load_model(model_uri), task, variant, splits)
+    truth, predicted = reporting.prediction_arrays(task.kind, splits.y_test, outputs)
+    return metrics, {"truth": truth, "predicted": predicted}
+
+
+def split_seed_of(run):
+    """The seed of `run`'s test split: `split_seed`, or `seed` for a run from before test splits were fixed."""
+    params = run.data.params
+    return int(params.get("split_seed", params.get("seed", 0)))
 
 
 def promotion_lock(name):
-    """One promotion of `name` at a time on this machine (a file lock beside a SQLite store)."""
+    """One promotion of `name` at a time on this machine: a file lock in the temporary
+    directory, one per store and model (a SQLite store by its absolute path), so that none
+    is left in the project folder, where the default store `mlflow.db` lives."""
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///")).with_suffix(f".promote-{name}.lock")
-    else:
-        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-        path = Path(tempfile.gettempdir()) / f"mlflow-promote-{digest}-{name}.lock"
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve())
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"mlflow-promote-{digest}-{name}.lock"
     return FileLock(path, is_singleton=True)  # one lock per file: re-entrant within a thread
 
 
 # --- the promote command ----------------------------------------------------------------
 
 
-def run_promotion(task, variant="", run_id="", study="", margin=0.0, experiment=""):
+def describe_promotion(name, candidate, decision):
+    """The promote run's description (Markdown): the decision, its reason, links to the run and version."""
+    run = candidate.run
+    source = tracking.run_link(run.info.experiment_id, run.info.run_id, f"{run.info.run_name} ({run.info.run_id})")
+    version = f"[{name} version {decision.version}](#/models/{name}/versions/{decision.version})"
+    if decision.promoted:
+        outcome = f"**{version} is now the {CHAMPION}**"
+    else:
+        outcome = f"**{version} is the {CHALLENGER}; the {CHAMPION} stays version {decision.champion}**"
+    return f"Promoted run {source}: {outcome}. Why: {decision.reason}."
+
+
+def run_promotion(task, variant="", run_id="", study="", margin=0.0, gate=PAIRED, alpha=0.05, experiment=""):
     """Pick, register and gate a run of `task` (a task or entry point name) inside a
-    `promote-<model>` MLflow run; print the decision."""
+    `promote-<model>` MLflow run; print the decision. A challenger that cannot be paired
+    with the champion is refused before that run starts."""
     task, variant = resolve(task, variant)
     if run_id and study:
         raise InputError("run_id: give run_id or study, not both")
@@ -245,27 +438,42 @@ def run_promotion(task, variant="", run_id="", study="", margin=0.0, experiment=
         experiment_ids = [found.experiment_id]
     candidate = find_candidate(task, variant, run_id, study, experiment_ids)
     name = task.qualified_name(variant)
-    tracking.use_experiment(experiment, task.name)
+    tracking.open_store()
+    own_experiment = None if os.environ.get("MLFLOW_RUN_ID") else tracking.experiment_of_its_own(PROMOTE_EXPERIMENT)
     # No `entry_point` tag: a promote run must never be taken for a training run.
     tags = {"task": task.name, "variant": variant, "model": name, "step": "promote"}
     selection = f"run {run_id}" if run_id else f"best of sweep {study}" if study else "best run"
-    with tracking.mlflow_run(run_name=f"promote-{name}", tags=tags) as run:
-        mlflow.log_params(
-            {"model": name, "margin": margin, "source_run_id": candidate.run.info.run_id, "selection": selection}
-        )
-        decision = promote(task, variant, candidate, margin)
-        mlflow.log_metric(candidate.metric, candidate.value)
-        mlflow.set_tags(
-            {
-                "model_version": decision.version,
-                "champion_version": decision.champion,
-                "promotion.decision": decision.outcome,
-                "promotion.reason": decision.reason,
-            }
-        )
+    settings = {"margin": margin, "gate": gate, "alpha": alpha}
+    with promotion_lock(name):  # re-entrant: `promote` takes it again; the champion can't change in between
+        evidence = None
+        champion = _current(mlflow.MlflowClient(), name, CHAMPION)
+        if champion is not None and champion.run_id != candidate.run.info.run_id:
+            evidence = weigh(task, candidate, champion, gate)  # a refusal comes here, before any run
+        with tracking.mlflow_run(run_name=f"promote-{name}", tags=tags, experiment_id=own_experiment) as run:
+            mlflow.log_params(
+                {"model": name, **settings, "source_run_id": candidate.run.info.run_id, "selection": selection}
+            )
+            decision = promote(task, variant, candidate, **settings, evidence=evidence)
+            mlflow.log_metric(candidate.metric, candidate.value)
+            mlflow.set_tags(
+                {
+                    "model_version": decision.version,
+                    "champion_version": decision.champion,
+                    "promotion.decision": decision.outcome,
+                    "promotion.reason": decision.reason,
+                    **decision.evidence,
+                    tracking.DESCRIPTION_TAG: describe_promotion(name, candidate, decision),
+                }
+            )
     print(
         f"{name} version {decision.version} (run {candidate.run.info.run_id}, {candidate.metric} {candidate.value:.4f})"
     )
     print(f"{CHAMPION}: version {decision.champion}; {decision.reason}")
     print(f"serve it: mlflow models serve -m models:/{name}@{CHAMPION} --env-manager local")
+    tracking.print_links(
+        {
+            "the version": tracking.model_url(name, decision.version),
+            "the promotion": tracking.run_url(run.info.experiment_id, run.info.run_id),
+        }
+    )
     return decision, run.info.run_id

@@ -1,4 +1,4 @@
-"""Figures and held-out metrics computed from a trained model: pure functions, no MLflow."""
+"""Figures, held-out metrics and their intervals computed from a trained model: pure functions, no MLflow."""
 
 import matplotlib
 
@@ -15,7 +15,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from pipelines import significance
+
 BINARY_THRESHOLD = 0.5
+PREDICTIONS_ARTIFACT = "evaluation/test_predictions.npz"  # what a later comparison pairs runs by
 
 
 def learning_curves(history):
@@ -51,12 +54,50 @@ def classification_metrics(kind, y_true, outputs, class_names):
             "test_recall": float(recall_score(y_true, y_pred, zero_division=0)),
             "test_f1": float(f1_score(y_true, y_pred, zero_division=0)),
         }
-    labels = np.arange(len(class_names))
-    recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    # A class without test examples has no recall: it is left out rather than reported as 0,
+    # and the macro F1 averages the classes that have examples.
+    present = np.flatnonzero(np.bincount(y_true, minlength=len(class_names)))
+    recalls = recall_score(y_true, y_pred, labels=present, average=None, zero_division=0)
     return {
-        "test_macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        **{f"test_recall_{name}": float(recall) for name, recall in zip(class_names, recalls, strict=True)},
+        "test_macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        **{f"test_recall_{class_names[label]}": float(recall) for label, recall in zip(present, recalls, strict=True)},
     }
+
+
+def interval_metrics(kind, y_true, outputs):
+    """The 95% interval of the headline test metric: Wilson's for a classifier's accuracy,
+    a bootstrap over the test examples for a regression's MSE."""
+    low, high = significance.interval_of(kind, *prediction_arrays(kind, y_true, outputs))
+    metric = "test_mse" if kind == "regression" else "test_accuracy"
+    return {f"{metric}_ci_low": low, f"{metric}_ci_high": high}
+
+
+def prediction_arrays(kind, y_true, outputs):
+    """(truth, predicted) per test example, as compact as pairing needs: class labels for a
+    classifier (bytes when there are few classes), float32 values for a regression."""
+    if kind == "regression":
+        return np.reshape(y_true, -1).astype("float32"), np.reshape(outputs, -1).astype("float32")
+    labels = np.reshape(y_true, -1).astype("int64")
+    predicted = predicted_labels(kind, outputs)
+    dtype = "uint8" if max(labels.max(initial=0), predicted.max(initial=0)) < 256 else "int32"
+    return labels.astype(dtype), predicted.astype(dtype)
+
+
+def write_predictions(path, kind, y_true, outputs, test_digest):
+    """The test split's truth and predictions, with the split's digest, as a compressed npz."""
+    truth, predicted = prediction_arrays(kind, y_true, outputs)
+    np.savez_compressed(path, truth=truth, predicted=predicted, kind=np.array(kind), test_digest=np.array(test_digest))
+
+
+def read_predictions(path):
+    """{truth, predicted, kind, test_digest} from `write_predictions`' file."""
+    with np.load(path, allow_pickle=False) as arrays:
+        return {
+            "truth": arrays["truth"],
+            "predicted": arrays["predicted"],
+            "kind": str(arrays["kind"]),
+            "test_digest": str(arrays["test_digest"]),
+        }
 
 
 def confusion(kind, y_true, outputs, class_names):

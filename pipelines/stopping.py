@@ -11,6 +11,12 @@ a run's final status survives `mlflow run`.
   signal handler can't pass cleanly. Elsewhere an exception raised by the handler can still
   land where Python discards it (a weakref callback, a `__del__`): the stop is remembered
   and raised again where the code checks for it, every wait loop included.
+- TensorFlow can block the main thread in C++ for many seconds (starting an epoch's input
+  pipeline took up to 18 s on full MNIST), and no Python runs there, not even the signal
+  handler. A watchdog thread, woken by the signal itself (`signal.set_wakeup_fd`), forces
+  the stop once STOP_GRACE_SECONDS pass without the training raising it: the hooks the run
+  and the sweep trial registered (`on_forced_stop`) end them KILLED and FAIL, and the
+  process exits with code 130.
 - A process started for a run by a launcher (`mlflow run`, a workflow step, a sweep's
   coordinator) stops when the launcher is gone: SIGTERM kills `mlflow run` at once and
   would leave its child training, orphaned.
@@ -38,6 +44,8 @@ STOP_CAUSE_TAG = "stop.cause"  # why a run ended KILLED: a signal, or its launch
 LAUNCHER_POLL_SECONDS = 0.5
 KEEP_STATUS_TIMEOUT_SECONDS = 600  # the keeper gives up on a launcher that outlives this
 SHELLS = ("sh", "bash", "dash", "zsh")
+STOP_GRACE_SECONDS = 5.0  # a training that has not stopped by then is stopped from outside TensorFlow
+EXIT_STOPPED = 130
 # SQLAlchemy names a pool's logger after its class: the pools MLFLOW_SQLALCHEMYSTORE_POOLCLASS offers.
 SQLALCHEMY_POOLS = (
     "QueuePool",
@@ -57,15 +65,24 @@ class Stopped(KeyboardInterrupt):
 _state = {}
 
 
+_forced_stop_hooks = []
+_watchdog = {}
+
+
 def _on_stop_signal(signum, frame):
     if _state.get("cause"):  # ending already: do not cut the ending short
         if signum == _state["signum"] and not _state.get("noted"):  # the same signal again: the user insists
             _state["noted"] = True
             _print_quietly(f"{signal.Signals(signum).name}: stopping already; SIGKILL forces it")
         return
-    _state.update(signum=signum, cause=_state.get("launcher_cause") or signal.Signals(signum).name)
+    _state.update(signum=signum, cause=_stop_cause(signum))
     if not _state.get("deferred"):
+        _state["raised"] = True
         raise Stopped(_state["cause"])
+
+
+def _stop_cause(signum):
+    return _state.get("launcher_cause") or signal.Signals(signum).name
 
 
 def _print_quietly(line):
@@ -119,16 +136,65 @@ def held():
 
 @contextlib.contextmanager
 def deferred():
-    """Inside, a stop signal is only recorded, to be raised by `raise_if_stopped`; and at the end."""
-    with held():
-        yield
+    """Inside, a stop signal is only recorded, to be raised by `raise_if_stopped`; and at the end.
+    A stop that is not raised within STOP_GRACE_SECONDS is forced (`arm_watchdog`)."""
+    _state["training"] = _state.get("training", 0) + 1
+    try:
+        with held():
+            yield
+    finally:
+        _state["training"] -= 1
     raise_if_stopped()
 
 
 def raise_if_stopped():
     """Raise `Stopped` again if a stop signal came: its first exception may have been discarded."""
     if _state.get("cause"):
+        _state["raised"] = True
         raise Stopped(_state["cause"])
+
+
+@contextlib.contextmanager
+def on_forced_stop(hook):
+    """While inside, `hook(cause)` runs if the watchdog must force a stop: it ends what the
+    main thread, stuck, cannot (a run, a trial). Hooks run innermost first."""
+    _forced_stop_hooks.append(hook)
+    try:
+        yield
+    finally:
+        _forced_stop_hooks.remove(hook)
+
+
+def arm_watchdog():
+    """Force stops that a training cannot raise in time (see the module's docstring). For a
+    command's own process: the watchdog ends the process. Call it from the main thread."""
+    if "fd" not in _watchdog:
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        threading.Thread(target=_watch, args=(read,), name="stop-watchdog", daemon=True).start()
+        _watchdog["fd"] = write
+    signal.set_wakeup_fd(_watchdog["fd"], warn_on_full_buffer=False)
+
+
+def _watch(read):
+    stop_signals = {int(signum) for signum in STOP_SIGNALS}
+    while True:
+        signums = [signum for signum in os.read(read, 64) if signum in stop_signals]
+        if not signums:
+            continue
+        time.sleep(STOP_GRACE_SECONDS)
+        if _state.get("training") and not _state.get("raised"):
+            _force_stop(_state.get("cause") or _stop_cause(signums[0]))
+
+
+def _force_stop(cause):
+    _state["cause"] = cause
+    for hook in reversed(list(_forced_stop_hooks)):
+        try:
+            hook(cause)
+        except Exception as error:  # the others must still run, and the process end
+            _print_quietly(f"warning: while forcing the stop: {error}")
+    os._exit(EXIT_STOPPED)
 
 
 # --- launchers ---------------------------------------------------------------------------

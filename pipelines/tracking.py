@@ -2,10 +2,13 @@
 MLflow's Keras callback."""
 
 import contextlib
+import functools
 import importlib.metadata
+import json
 import logging
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import lazy_loader as lazy
 import optuna
 from filelock import FileLock
 
+from experiments import InputError
+from experiments.task import shown
 from pipelines import liveness, stopping
 
 # Imported on first use: a command that parses, prints help or refuses a parameter needs none of them.
@@ -25,6 +30,12 @@ SQLITE_BUSY_SECONDS = 20  # as long as MLflow's own sessions wait for a busy SQL
 END_RUN_RETRIES = 5  # a run's last writes, tried again while the store is briefly unavailable (0.5 s, 1 s, ...)
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 DRY_RUN_TAG = "dry_run"
+DESCRIPTION_TAG = "mlflow.note.content"  # MLflow shows it as the run's description, in Markdown
+RUN_NAME_TAG = "mlflow.runName"
+MAX_RUN_NAME = 120  # names stay readable in the runs table and chart legends
+# How a run's name writes a parameter it sets beyond its entry point's defaults: `churn-seed2`.
+SHORT_PARAM_NAMES = {"learning_rate": "lr", "batch_size": "batch", "validation_fraction": "val", "max_samples": "n"}
+NOT_IN_NAMES = {"data"}  # a path: the run's datasets record which data it read
 # How SQLite and PostgreSQL report a second insert of a dataset's key (experiment, name, digest).
 DATASET_KEY_VIOLATIONS = ("UNIQUE constraint failed: datasets.", '"dataset_pk"')
 DATASET_RACE_RETRIES = 3
@@ -60,7 +71,7 @@ def open_store():
 
 
 @contextlib.contextmanager
-def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, run_id=None):
+def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, run_id=None, experiment_id=None):
     """Start (or, under `mlflow run`, resume) an MLflow run that never stays RUNNING.
 
     It ends FINISHED, FAILED on an exception, and KILLED on a stop signal (tagged with its
@@ -68,7 +79,8 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
     While it runs, it carries its process's host and id and a heartbeat (`liveness`), and
     MLflow's system metrics every `system_metrics_interval` seconds (0: none). Inside an
     active run, or given `parent_run_id` (a sweep's study run), it starts a nested run;
-    given `run_id`, it resumes that run.
+    given `run_id`, it resumes that run. `experiment_id` puts a new run in that experiment
+    without making it the process's current one (a run `mlflow run` created stays where it is).
     """
     nested = mlflow.active_run() is not None
     tags = {**code_version(), **liveness.process_tags(), **tags}
@@ -82,6 +94,7 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
             run_name=run_name,
             nested=nested,
             parent_run_id=parent_run_id,
+            experiment_id=None if (run_id or os.environ.get("MLFLOW_RUN_ID")) else experiment_id,
             tags=tags,
             log_system_metrics=bool(system_metrics_interval),
         )
@@ -89,7 +102,8 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
     status, tags = "FAILED", {}
     try:
         stopping.raise_if_stopped()
-        yield run
+        with stopping.on_forced_stop(functools.partial(_end_killed, run.info.run_id, mlflow.get_tracking_uri())):
+            yield run
         status = "FINISHED"
     except optuna.TrialPruned:
         status = "KILLED"
@@ -101,6 +115,13 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
         with stopping.held():
             liveness.HEARTBEAT.remove(run.info.run_id)
             end_run(status, tags)
+
+
+def _end_killed(run_id, tracking_uri, cause):
+    """End the run KILLED from the stop watchdog's thread, while the main thread is stuck."""
+    client = mlflow.MlflowClient(tracking_uri)
+    client.set_tag(run_id, stopping.STOP_CAUSE_TAG, cause)
+    client.set_terminated(run_id, "KILLED")
 
 
 def end_run(status, tags=None):
@@ -142,10 +163,18 @@ def use_experiment(requested, default_name):
     if run_id:
         return mlflow.MlflowClient().get_run(run_id).info.experiment_id
     if requested:
-        return mlflow.set_experiment(requested).experiment_id
-    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        return mlflow.set_experiment(experiment_id=os.environ["MLFLOW_EXPERIMENT_ID"]).experiment_id
-    return mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or default_name).experiment_id
+        source, chosen = "experiment", {"experiment_name": requested}
+    elif os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        source, chosen = "MLFLOW_EXPERIMENT_ID", {"experiment_id": os.environ["MLFLOW_EXPERIMENT_ID"]}
+    else:
+        source = "MLFLOW_EXPERIMENT_NAME" if os.environ.get("MLFLOW_EXPERIMENT_NAME") else "experiment"
+        chosen = {"experiment_name": os.environ.get("MLFLOW_EXPERIMENT_NAME") or default_name}
+    try:
+        return mlflow.set_experiment(**chosen).experiment_id
+    except mlflow.MlflowException as error:  # a deleted experiment, an id the store lacks
+        if error.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            raise InputError(f"{source}: {shown(error.message, limit=200)}") from None
+        raise
 
 
 def end_pending_run(status="FAILED"):
@@ -216,11 +245,13 @@ def log_inputs_racing(datasets, contexts):
                 raise
 
 
-def log_model(model, examples, outputs):
-    """Log the Keras model with its signature, an input example and pinned requirements.
+def log_model(model, examples, outputs, name="model", step=0):
+    """Log the Keras model (named after its entry point) with its signature, an input
+    example and pinned requirements.
 
     The signature's output side comes from `outputs` the model already predicted:
-    another predict call here would cost a trace of the predict function."""
+    another predict call here would cost a trace of the predict function. MLflow attaches
+    the run's metrics at `step` to the model: the last epoch's, not the first's."""
     example = examples[:INPUT_EXAMPLE_ROWS]
     backend = keras.backend.backend()
     requirements = [f"keras=={keras.__version__}"] + [
@@ -228,7 +259,8 @@ def log_model(model, examples, outputs):
     ]
     return mlflow.models.Model.log(
         artifact_path=None,
-        name="model",
+        name=name,
+        step=step,
         flavor=_KerasFlavor,
         flavor_name="mlflow.keras",
         model=model,
@@ -255,3 +287,168 @@ class _KerasFlavor:
 def log_figure(figure, artifact_file):
     mlflow.log_figure(figure, artifact_file)
     plt.close(figure)  # sweeps train many models in one process
+
+
+# --- what a user sees first: run names, descriptions, an experiment of their own -------------
+
+
+def run_name(entry_point, params, defaults, prefix=None):
+    """`<entry point>-<what differs>`: the params a run sets beyond its entry point's
+    `defaults`, in a few characters each (`churn-seed2`, `mnist_cnn-epochs3-lr0.01`), so that
+    runs can be told apart in the runs table, the compare header and every chart legend.
+    `prefix` replaces the entry point (a sweep trial: `<study>-trial-3`)."""
+    parts = [prefix or entry_point]
+    for name, value in params.items():
+        if name in NOT_IN_NAMES or (name in defaults and value == defaults[name]):
+            continue
+        short = SHORT_PARAM_NAMES.get(name, name)
+        if isinstance(value, str):
+            parts.append(value if name in ("optimizer", "lr_schedule") else f"{short}_{value}")
+        elif isinstance(value, bool):
+            parts.append(short if value else f"no_{short}")
+        else:
+            parts.append(f"{short}{value:.3g}" if isinstance(value, float) else f"{short}{value}")
+    return "-".join(parts)[:MAX_RUN_NAME]
+
+
+def describe_training(entry_point, metrics, primary_metric, params, epochs, train_seconds, digests, history):
+    """The Markdown paragraph a training run shows as its description: its result, epochs,
+    training time and data digests, and where its figures are."""
+    headline = metrics.get(primary_metric)
+    result = f"**{primary_metric} {headline:.4f}**" if headline is not None else "no test result"
+    interval = [metrics.get(f"{primary_metric}_ci_low"), metrics.get(f"{primary_metric}_ci_high")]
+    if None not in interval:
+        result += f" (95% interval {interval[0]:.4f} to {interval[1]:.4f})"
+    last_val = {name: values[-1] for name, values in history.items() if name.startswith("val_") and values}
+    validation = ", ".join(f"{name} {value:.4f}" for name, value in sorted(last_val.items()))
+    data = ", ".join(f"{context} `{digest}`" for context, digest in digests.items())
+    return (
+        f"{entry_point}: {result} on the test split after {epochs} epoch{'s' if epochs != 1 else ''} "
+        f"({train_seconds:.1f} s of training; batch {params.get('batch_size')}, learning rate "
+        f"{params.get('learning_rate'):g}, seed {params.get('seed')})"
+        + (f"; last epoch {validation}" if validation else "")
+        + f". Data digests: {data}. Figures: `figures/` (learning curves"
+        + (", confusion matrix" if "test_accuracy" in metrics else "")
+        + "); the model: `Models` tab."
+    )
+
+
+def run_link(experiment_id, run_id, text):
+    """A Markdown link to a run that works in any MLflow UI showing the description (its routes are after `#`)."""
+    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def experiment_of_its_own(name, client=None):
+    """The id of experiment `name`, created if need be, without making it the current one:
+    promote runs live there, not among the training runs they would be taken for."""
+    client = client or mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except mlflow.MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)  # created at the same moment by another command
+    if found.lifecycle_stage == "deleted":
+        client.restore_experiment(found.experiment_id)
+    return found.experiment_id
+
+
+# --- the comparison view each task's experiment opens on, and links to what a command made ----
+
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # the MLflow UI's saved views: an experiment tag per share key
+UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves
+UI_WORKFLOW = "workflowType=machine_learning"  # the runs table, not MLflow 3's GenAI overview
+
+
+def column(kind, name):
+    """A runs-table column as the MLflow UI names it: metrics.`test_accuracy`."""
+    return f"{kind}.`{name}`"
+
+
+def comparison_view_key(task):
+    return f"compare-{task.name}"
+
+
+def comparison_view(task):
+    """The runs table a task's experiment opens on: its headline test metric (and interval,
+    once runs log one), train time, the params its runs vary (what its sweeps tune, seed and
+    epochs; the variant where it has several), sorted by the headline metric, best first.
+    Sweep trials stay nested under their study's run, as the table shows child runs."""
+    metric = task.primary_metric
+    tuned = []
+    for variant in task.variants.values():
+        tuned += [name for name in variant.search_space if name not in tuned]
+    params = ["epochs", "seed", *sorted(tuned)]
+    columns = [column("metrics", name) for name in (metric, f"{metric}_ci_low", f"{metric}_ci_high", "train_time_s")]
+    columns += [column("params", name) for name in params]
+    if len(task.variants) > 1:
+        columns.append(column("tags", "variant"))
+    return {
+        "searchFilter": "",
+        "orderByKey": column("metrics", metric),
+        "orderByAsc": task.kind == "regression",  # the lowest error first
+        "selectedColumns": columns,
+        "hideEmptyCharts": True,
+    }
+
+
+def share_comparison_view(experiment_id, task, client=None):
+    """Keep the task's comparison view on its experiment, as MLflow's own shared view state
+    (the tag `mlflow.sharedViewState.<key>`, the saved-view envelope of MLflow 3.17's UI):
+    written when the experiment is first used, rewritten only when this project changes it.
+    A store that refuses the tag (a user who may log runs but not edit the experiment) costs
+    only the view: a warning, and None for its key.
+    """
+    client = client or mlflow.MlflowClient()
+    key = comparison_view_key(task)
+    state = json.dumps(comparison_view(task), separators=(",", ":"))
+    try:
+        current = client.get_experiment(experiment_id).tags.get(SHARED_VIEW_TAG + key)
+        if current:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if json.loads(current).get("state") == state:
+                    return key
+        now = int(time.time() * 1000)
+        envelope = {"name": f"Compare {task.name} runs", "createdAt": now, "updatedAt": now, "state": state}
+        client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(envelope, separators=(",", ":")))
+    except mlflow.MlflowException as error:
+        print(f"warning: the comparison view of {task.name} was not saved: {error.message}", file=sys.stderr)
+        return None
+    return key
+
+
+def ui_base():
+    """(the MLflow UI's URL, the command that serves it or ''): a tracking server's own URL, or
+    `mlflow ui` over the store the runs went to."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/"), ""
+    if uri.startswith("sqlite:///"):
+        path, _, query = uri.removeprefix("sqlite:///").partition("?")
+        uri = "sqlite:///" + str(Path(path).resolve()) + (f"?{query}" if query else "")
+    return UI_DEFAULT_URL, f"mlflow ui --backend-store-uri {uri}"
+
+
+def experiment_url(experiment_id, view_key=None):
+    """The experiment's runs table, in its comparison view when given the view's key."""
+    url = f"{ui_base()[0]}/#/experiments/{experiment_id}/runs?{UI_WORKFLOW}"
+    return f"{url}&viewStateShareKey={view_key}" if view_key else url
+
+
+def run_url(experiment_id, run_id):
+    return f"{ui_base()[0]}/#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
+
+
+def model_url(name, version=None):
+    return f"{ui_base()[0]}/#/models/{name}" + (f"/versions/{version}" if version else "")
+
+
+def print_links(links):
+    """`links` ({what: url}) to open in the MLflow UI, after the command that serves it when
+    the store is embedded."""
+    _, command = ui_base()
+    print("open in the MLflow UI" + (f" (serve it first: {command})" if command else "") + ":")
+    for what, url in links.items():
+        print(f"  {what}: {url}")

@@ -6,6 +6,7 @@ a checkpoint when asked), and logs what autologging does not.
 """
 
 import math
+import sys
 import tempfile
 import time
 import warnings
@@ -20,7 +21,7 @@ import tensorflow as tf
 from experiments import RunFailed
 from pipelines import checkpoints, reporting, resume, stopping, tracking
 from pipelines.data import monitored_metric, prepare_data
-from pipelines.params import knob_values
+from pipelines.params import declared_params, knob_values
 
 EVALUATION_BATCH_SIZE = 1024
 # Steps run per call into the compiled train function. Batch-end callbacks (autolog's,
@@ -89,7 +90,17 @@ class RunSummary(mlflow.keras.MlflowCallback):
       and a resumed run given more epochs could not log `epochs` again.
     - The model is logged by `log_model`, with signature and input example; the datasets by
       `log_datasets`, with their real source and all three splits.
+    - The optimizer's configuration is an artifact (`optimizer_config.json`), not two dozen
+      `optimizer_*` params beside ours: what a run varies of it is one of our params
+      (`optimizer`, `learning_rate`, `lr_schedule`), and autolog's copies contradicted them
+      (a float32 `optimizer_learning_rate`, a schedule's config in place of the rate).
     """
+
+    def on_train_begin(self, logs=None):
+        mlflow.log_dict(self.model.optimizer.get_config(), "optimizer_config.json")
+        lines = []
+        self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+        mlflow.log_text("\n".join(lines), "model_summary.txt")
 
     def on_epoch_end(self, epoch, logs=None):
         pass
@@ -182,10 +193,24 @@ def evaluate_model(model, task, variant, splits):
         metrics["test_accuracy"] = float(np.mean(predicted == np.reshape(splits.y_test, -1)))
         metrics |= reporting.classification_metrics(task.kind, splits.y_test, outputs, splits.class_names)
         matrix = reporting.confusion(task.kind, splits.y_test, outputs, splits.class_names)
+    metrics |= reporting.interval_metrics(task.kind, splits.y_test, outputs)
     extra_metrics = task.variants[variant].extra_metrics
     if extra_metrics:
         metrics |= extra_metrics(model, splits)
-    return metrics, matrix, outputs
+    undefined = sorted(name for name, value in metrics.items() if not math.isfinite(value))
+    if undefined:  # ROC AUC of a test split holding one class, say: not logged, not a number to compare
+        print(f"warning: {', '.join(undefined)}: undefined on this test split; not logged", file=sys.stderr)
+    return {name: value for name, value in metrics.items() if name not in undefined}, matrix, outputs
+
+
+def log_predictions(task, splits, outputs, test_digest):
+    """The test split's truth and predictions (`evaluation/test_predictions.npz`, with the
+    split's digest): what promote's paired gate and compare's pairwise tests read, so that
+    two runs are paired example by example without loading either model."""
+    with tempfile.TemporaryDirectory(prefix="predictions-") as folder:
+        path = f"{folder}/{reporting.PREDICTIONS_ARTIFACT.rpartition('/')[2]}"
+        reporting.write_predictions(path, task.kind, splits.y_test, outputs, test_digest)
+        mlflow.log_artifact(path, reporting.PREDICTIONS_ARTIFACT.rpartition("/")[0])
 
 
 def train(
@@ -230,8 +255,11 @@ def train(
         run_tags |= {resume.FROM_EPOCH_TAG: restored.epoch, resume.EPOCHS_TAG: params["epochs"]}
         if not resume_run_id:
             run_tags[resume.RESUMED_TAG] = restored.run_id
+    if run_name is None and not resume_run_id:  # a resumed run keeps its name
+        defaults = {param: declared.default for param, declared in declared_params(task, variant).items()}
+        run_name = tracking.run_name(name, params, defaults)
     with tracking.mlflow_run(
-        run_name=run_name or name,
+        run_name=run_name,
         tags=run_tags,
         parent_run_id=parent_run_id,
         system_metrics_interval=system_metrics_interval,
@@ -271,13 +299,30 @@ def train(
             mlflow.log_metrics({"best_epoch": early_stopping.best_epoch + 1, "stopped_epoch": len(history["loss"])})
         with stopping.deferred():
             metrics, matrix, outputs = evaluate_model(model, task, variant, splits)
-        model_info = tracking.log_model(model, splits.x_train, outputs)
-        mlflow.log_metrics({**metrics, "train_time_s": train_seconds}, model_id=model_info.model_id)
+        epochs = len(history["loss"])
+        model_step = early_stopping.best_epoch if early_stopping else epochs - 1  # the epoch whose weights it holds
+        model_info = tracking.log_model(model, splits.x_train, outputs, name=name, step=model_step)
+        # Milliseconds: the runs table shows the digits it is given.
+        mlflow.log_metrics({**metrics, "train_time_s": round(train_seconds, 3)}, model_id=model_info.model_id)
+        description = tracking.describe_training(
+            name, metrics, task.primary_metric, params, epochs, train_seconds, digests, history
+        )
+        mlflow.set_tag(tracking.DESCRIPTION_TAG, description)
+        view = tracking.share_comparison_view(run.info.experiment_id, task)
         tracking.log_figure(reporting.learning_curves(history), "figures/learning_curves.png")
+        log_predictions(task, splits, outputs, digests["test"])
         if matrix is not None:
             tracking.log_figure(reporting.confusion_figure(matrix, splits.class_names), "figures/confusion_matrix.png")
             mlflow.log_dict(
                 {"labels": list(splits.class_names), "matrix": matrix.tolist()},
                 "evaluation/confusion_matrix.json",
             )
+    if parent_run_id is None:  # a sweep prints its own links, once
+        experiment_id = run.info.experiment_id
+        tracking.print_links(
+            {
+                "this run": tracking.run_url(experiment_id, run.info.run_id),
+                "compare it with the other runs": tracking.experiment_url(experiment_id, view),
+            }
+        )
     return TrainResult(run.info.run_id, model_info.model_id, metrics, history)

@@ -7,6 +7,9 @@ inside the workflow's run, so the steps' runs nest under it; each step's run is 
 tagged with the run of the step before it.
 """
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import lazy_loader as lazy
@@ -18,34 +21,81 @@ from pipelines.sweeps import settings as sweep_settings
 mlflow = lazy.load("mlflow")  # imported on first use: --help and a refused setting need none of it
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-# The sweep's settings, then the promotion's margin; any other --name value fixes a training parameter.
+# The sweep's settings, then the promotion's gate; any other --name value fixes a training parameter.
+PROMOTION_SETTINGS = ("margin", "gate", "alpha")
 SETTINGS = {
     **{name: param for name, param in sweep_settings.SETTINGS.items() if name != "dry_run"},
-    "margin": registry.SETTINGS["margin"],
+    **{name: registry.SETTINGS[name] for name in PROMOTION_SETTINGS},
 }
-COMMAND_ONLY = ("task", "variant", "experiment", "margin")  # not passed on to the sweep step as such
+COMMAND_ONLY = ("task", "variant", "experiment", *PROMOTION_SETTINGS)  # not passed on to the sweep step as such
 
 
 class StepFailed(RunFailed):
     """A step's run ended FAILED or KILLED: the workflow stops there."""
 
 
-def run_workflow(task, variant, settings, training_overrides):
+def run_workflow(task, variant, settings, training_overrides, params=None):
     """Run the three steps for one entry point; return {step: run id}.
 
-    `training_overrides` ({name: text}) fix training parameters (`data`, ...) for every trial.
+    `training_overrides` ({name: text}) fix training parameters (`data`, ...) for every trial;
+    `params` are the entry point's parameters with them applied (parsed from them if not given).
+    Everything the sweep would refuse is refused here first, before any experiment, run or step
+    exists: the search space, the storage (it must answer) and the data.
     """
-    from pipelines.sweeps import storage
+    from pipelines.data import prepare_data
+    from pipelines.params import parse_params
+    from pipelines.sweeps import plan, storage
 
     entry_point = task.qualified_name(variant)
+    if params is None:
+        params = parse_params(task, variant, training_overrides)
+    plan.plan(task, variant, settings, params, fixed_by_user=set(training_overrides))
+    prepare_data(task, variant, params)  # a missing or corrupt data file: one line now, not a failed step
+    # A password reaches the sweep step in its environment (PGPASSWORD), never as a -P value:
+    # MLflow logs every -P value as a param of the step's run and prints its command line.
+    step_storage, password = storage.split_password(settings["storage"])
+    if password and os.environ.get("MLFLOW_RUN_ID"):
+        print(
+            "warning: mlflow run logged -P storage as given, password included; "
+            "pass the password in PGPASSWORD (or ~/.pgpass) instead",
+            file=sys.stderr,
+        )
     study = settings["study_name"] or entry_point
     sweep = {name: value for name, value in settings.items() if name not in COMMAND_ONLY}
     steps = [
-        ("sweep", {"task": entry_point, **sweep, "study_name": study, **training_overrides}),
-        ("promote", {"task": entry_point, "study": study, "margin": settings["margin"]}),
+        ("sweep", {"task": entry_point, **sweep, "storage": step_storage, "study_name": study, **training_overrides}),
+        ("promote", {"task": entry_point, "study": study, **{name: settings[name] for name in PROMOTION_SETTINGS}}),
         ("compare", {"model": entry_point}),
     ]
     experiment_id = tracking.use_experiment(settings["experiment"], task.name)
+    # `mlflow run` refuses MLFLOW_EXPERIMENT_NAME beside the MLFLOW_EXPERIMENT_ID it is given for each step.
+    environment = {"MLFLOW_EXPERIMENT_NAME": None, **({"PGPASSWORD": password} if password else {})}
+    with _environment(environment):
+        return _run_steps(task, variant, experiment_id, entry_point, steps)
+
+
+@contextlib.contextmanager
+def _environment(values):
+    """os.environ, which the steps' processes inherit, with `values` set (None: unset) while inside."""
+    saved = {name: os.environ.get(name) for name in values}
+
+    def apply(changes):
+        for name, value in changes.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    apply(values)
+    try:
+        yield
+    finally:
+        apply(saved)
+
+
+def _run_steps(task, variant, experiment_id, entry_point, steps):
+    from pipelines.sweeps import storage
+
     client = mlflow.MlflowClient()
     run_ids = {}
     tags = {"task": task.name, "variant": variant, "model": entry_point, "step": "workflow"}

@@ -24,12 +24,14 @@ from PIL import Image
 from experiments import resolve
 from experiments.emotion import EMOTIONS
 from pipelines.params import declared_params, parse_params
-from tests.helpers import options
+from tests.helpers import churn_frame, options
 
 POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
 ON_CI = os.environ.get("CI", "").lower() in ("true", "1")
 # No per-example deadline: wall-clock time on a loaded 2-core machine says nothing of the code.
 hypothesis.settings.register_profile("default", deadline=None)
+# HYPOTHESIS_PROFILE=fuzz: many more examples of the bad-input fuzzing (tests/test_bad_input.py).
+hypothesis.settings.register_profile("fuzz", deadline=None, max_examples=200)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
@@ -120,6 +122,10 @@ def open_store(folder, migrated_store, monkeypatch):
     shutil.copy(migrated_store, folder / "mlflow.db")
     uri = f"sqlite:///{folder}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # Experiments that commands create themselves (`promotions`, `comparisons`) keep their
+    # artifacts in the test's folder, not in the checkout's ./mlruns: MLflow's SQLite store
+    # takes its default artifact root from this variable (a server's, set by `mlflow server`).
+    monkeypatch.setenv("_MLFLOW_SERVER_ARTIFACT_ROOT", str(folder / "mlruns"))
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.create_experiment("tests", artifact_location=str(folder / "artifacts"))
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
@@ -169,27 +175,7 @@ def write_mnist_npz(path):
 
 @pytest.fixture
 def churn_csv(tmp_path):
-    rng = np.random.default_rng(0)
-    rows = 200
-    age = rng.integers(18, 80, rows)
-    frame = pd.DataFrame(
-        {
-            "RowNumber": np.arange(1, rows + 1),
-            "CustomerId": rng.integers(15_000_000, 16_000_000, rows),
-            "Surname": rng.choice(["Hargrave", "Hill", "Onio", "Boni"], rows),
-            "CreditScore": rng.integers(350, 850, rows),
-            "Geography": rng.choice(["France", "Spain", "Germany"], rows),
-            "Gender": rng.choice(["Female", "Male"], rows),
-            "Age": age,
-            "Tenure": rng.integers(0, 11, rows),
-            "Balance": rng.uniform(0, 250_000, rows).round(2),
-            "NumOfProducts": rng.integers(1, 5, rows),
-            "HasCrCard": rng.integers(0, 2, rows),
-            "IsActiveMember": rng.integers(0, 2, rows),
-            "EstimatedSalary": rng.uniform(10, 200_000, rows).round(2),
-            "Exited": (age > 50).astype(int),
-        }
-    )
+    frame = churn_frame(200, np.random.default_rng(0))
     path = tmp_path / "Churn_Modelling.csv"
     frame.to_csv(path, index=False)
     return path

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -146,3 +148,27 @@ for _tag in ("!override", "!reset"):
 def load_compose(name="compose.yaml", variables=None):
     """A compose file of docker/, interpolated as `docker compose` would with `variables` as its .env."""
     return yaml.load(interpolate((DOCKER / name).read_text(), variables or {}), Loader=_ComposeLoader)
+
+
+def churn_frame(rows, rng, exited=None):
+    """A bank-customer table in Churn_Modelling.csv's columns. `exited` defaults to a rule
+    a small MLP learns (age over 50)."""
+    age = rng.integers(18, 80, rows)
+    return pd.DataFrame(
+        {
+            "RowNumber": np.arange(1, rows + 1),
+            "CustomerId": rng.integers(15_000_000, 16_000_000, rows),
+            "Surname": rng.choice(["Hargrave", "Hill", "Onio", "Boni"], rows),
+            "CreditScore": rng.integers(350, 850, rows),
+            "Geography": rng.choice(["France", "Spain", "Germany"], rows),
+            "Gender": rng.choice(["Female", "Male"], rows),
+            "Age": age,
+            "Tenure": rng.integers(0, 11, rows),
+            "Balance": rng.uniform(0, 250_000, rows).round(2),
+            "NumOfProducts": rng.integers(1, 5, rows),
+            "HasCrCard": rng.integers(0, 2, rows),
+            "IsActiveMember": rng.integers(0, 2, rows),
+            "EstimatedSalary": rng.uniform(10, 200_000, rows).round(2),
+            "Exited": (age > 50).astype(int) if exited is None else exited,
+        }
+    )

@@ -12,7 +12,7 @@ from experiments import entry_points
 from experiments.mnist import load_mnist
 from pipelines.cli import COMMANDS, main, parse_command_line
 from pipelines.params import declared_params
-from tests.helpers import PROJECT, mlflow_run, run_cli, runs
+from tests.helpers import PROJECT, mlflow_run, options, run_cli, runs
 
 
 @pytest.mark.parametrize(
@@ -206,3 +206,212 @@ def test_commands_that_train_nothing_import_no_tensorflow(argv, allowed, store):
     )
     (line,) = [line for line in completed.stderr.splitlines() if line.startswith("loaded:")]
     assert set(line.split()[1:]) <= allowed, completed.stderr[-2000:]
+
+
+# --- bad input and secrets (issue 23) ---
+
+PASSWORD = "secretpw"
+
+
+def experiment_names(client):
+    return sorted(e.name for e in client.search_experiments())
+
+
+def every_run(client):
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def one_error_line(capsys, starts_with):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(starts_with), err
+    return err[0]
+
+
+def test_sweep_worker_is_hidden_and_refuses_to_run_by_hand(capsys, monkeypatch):
+    assert main(["--help"]) == 0
+    assert "sweep-worker" not in capsys.readouterr().out
+    assert main(["bogus"]) == 2
+    line = one_error_line(capsys, "error: COMMAND: invalid choice: 'bogus'")
+    assert "'workflow'" in line and "sweep-worker" not in line
+    monkeypatch.delenv("PIPELINES_SWEEP_WORKER", raising=False)
+    assert main(["sweep-worker"]) == 2
+    one_error_line(capsys, "error: sweep-worker: started by `sweep` only; run `python -m pipelines sweep` instead")
+    monkeypatch.setenv("PIPELINES_SWEEP_WORKER", "not a spec")
+    assert main(["sweep-worker"]) == 2
+    one_error_line(capsys, "error: sweep-worker: started by `sweep` only")
+
+
+def _bad_storages(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("not a journal\n")
+    return {
+        "unreachable": ("postgresql://postgres@127.0.0.1:1/x", "error: storage: cannot open postgresql://postgres@"),
+        "password": (
+            f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/x",
+            "error: storage: cannot open postgresql://postgres:***@127.0.0.1:1/x",
+        ),
+        "directory": (str(tmp_path / "folder"), f"error: storage: {tmp_path / 'folder'} is a directory"),
+        "sqlite directory": (
+            f"sqlite:///{tmp_path / 'folder'}",
+            f"error: storage: {tmp_path / 'folder'} is a directory, not a SQLite database",
+        ),
+        "port": (
+            "postgresql://u@host:abc/db",
+            "error: storage: postgresql://u@host:abc/db is not a valid database URL: its port 'abc' is not a number",
+        ),
+        "port and password": (
+            f"postgresql://u:{PASSWORD}@host:abc/db",
+            "error: storage: postgresql://u:***@host:abc/db is not a valid database URL",
+        ),
+        "unencoded @": (
+            f"postgresql://u:{PASSWORD}@x@127.0.0.1:1/db",
+            "error: storage: postgresql://u:***@127.0.0.1:1/db is not a valid database URL: an '@' in the password",
+        ),
+        "not a journal": (
+            str(tmp_path / "notes.txt"),
+            f"error: storage: {tmp_path / 'notes.txt'} is not an Optuna journal file",
+        ),
+        "in memory": ("sqlite://", "error: storage: sqlite:// names no database file"),
+    }
+
+
+@pytest.mark.parametrize("command", ["sweep", "workflow"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unreachable",
+        "password",
+        "directory",
+        "sqlite directory",
+        "port",
+        "port and password",
+        "unencoded @",
+        "not a journal",
+        "in memory",
+    ],
+)
+def test_a_bad_storage_is_one_line_before_any_experiment_run_or_file(
+    command, case, store, tmp_path, capsys, monkeypatch
+):
+    """Checked up front: no experiment created (not even the task's), no run, no lock file, no traceback."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")  # the task's experiment, `xor`, would be created
+    storage, message = _bad_storages(tmp_path)[case]
+    before = sorted(path.name for path in tmp_path.iterdir())
+    assert main([command, "--task", "xor", "--n_trials", "1", "--epochs", "1", "--storage", storage]) == 2
+    line = one_error_line(capsys, message)
+    assert PASSWORD not in line
+    assert experiment_names(store) == ["Default", "tests"] and every_run(store) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == before  # no `folder.setup.lock`
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--task", "xor", "--search_space", "{tmp}"],
+            "error: search_space: {tmp} is a directory, not a YAML or JSON file",
+        ),
+        (["--task", "mnist_cnn", "--data", "{tmp}/none.npz"], "error: MNIST file not found at {tmp}/none.npz"),
+        (
+            ["--task", "xor", "--search_space", '{{"units": [0]}}'],
+            "error: search_space: inline: units: 0 is out of range",
+        ),
+    ],
+    ids=["search-space-directory", "data", "search-space-range"],
+)
+@pytest.mark.parametrize("command", ["sweep", "workflow"])
+def test_workflow_and_sweep_check_their_inputs_before_anything_starts(
+    command, argv, message, store, tmp_path, capsys, monkeypatch
+):
+    """A refused workflow starts no step (the fast tier would refuse a step's process), run or experiment."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    argv = [word.format(tmp=tmp_path) for word in argv]
+    journal = str(tmp_path / "optuna.journal")
+    assert main([command, *argv, "--n_trials", "1", "--storage", journal]) == 2
+    one_error_line(capsys, message.format(tmp=tmp_path))
+    assert experiment_names(store) == ["Default", "tests"] and every_run(store) == []
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "workflow", "promote", "compare"])
+def test_an_experiment_name_longer_than_mlflow_takes_is_refused_by_the_parameter_check(
+    command, store, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # compare's default report: reports/compare-<model>.html, here
+    task = [] if command == "compare" else ["--task", "xor"]
+    assert main([command, *task, "--experiment", "e" * 501]) == 2
+    one_error_line(capsys, "error: experiment: ")
+    assert experiment_names(store) == ["Default", "tests"] and every_run(store) == []
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_comparison_refused_after_its_report_is_built_writes_no_report(store, tmp_path, capsys):
+    """compare builds the page before it opens its experiment: a refusal there leaves no file."""
+    assert main(["train", "--task", "xor", "--epochs", "1", "--system_metrics_interval", "0"]) == 0
+    assert main(["promote", "--task", "xor"]) == 0
+    store.delete_experiment(store.create_experiment("gone", artifact_location=str(tmp_path / "gone")))
+    capsys.readouterr()
+    report = tmp_path / "reports" / "xor.html"
+    assert main(["compare", "--model", "xor", "--experiment", "gone", "--output", str(report)]) == 2
+    one_error_line(capsys, "error: experiment: Cannot set a deleted experiment 'gone'")
+    assert list(report.parent.iterdir()) == []  # neither the report nor its draft
+    assert not [run for run in every_run(store) if run.data.tags.get("step") == "compare"]
+
+    assert main(["compare", "--model", "xor", "--output", str(report)]) == 0  # the same, in a live experiment
+    assert [path.name for path in report.parent.iterdir()] == ["xor.html"]
+    assert "<td>xor</td>" in report.read_text()
+
+
+@pytest.mark.slow
+def test_mlflow_run_records_why_its_run_failed(store):
+    """Through `mlflow run` every failure exits 1 (MLflow's CLI): the run says which kind, and the line."""
+    refused = mlflow_run("xor", epochs=0)
+    line = "error: epochs: 0 is out of range; it must be an integer >= 1"
+    assert refused.returncode == 1 and line in refused.stderr.splitlines()
+    assert "ERROR mlflow.cli: === Run" in refused.stderr and "Traceback" not in refused.stderr
+    diverged = mlflow_run("linear", epochs=3, optimizer="sgd", learning_rate="1e12", system_metrics_interval=0)
+    assert diverged.returncode == 1, diverged.stderr[-3000:]
+    by_entry_point = {run.data.tags["mlflow.project.entryPoint"]: run for run in runs(store)}
+    assert by_entry_point["xor"].info.status == "FAILED"
+    assert by_entry_point["xor"].data.tags["error.kind"] == "bad_input"
+    assert by_entry_point["xor"].data.tags["mlflow.note.content"] == line
+    assert by_entry_point["linear"].info.status == "FAILED"
+    assert by_entry_point["linear"].data.tags["error.kind"] == "failed"
+    assert (
+        by_entry_point["linear"].data.tags["mlflow.note.content"].startswith("error: learning_rate: training diverged")
+    )
+
+
+@pytest.mark.slow
+def test_mlflow_run_refuses_an_experiment_parameter_it_cannot_honour(store):
+    moved = mlflow_run("xor", experiment="other", epochs=1)
+    assert moved.returncode == 1
+    (line,) = [line for line in moved.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: experiment: 'other' cannot apply: mlflow run created this run in experiment 'tests'")
+    assert "`mlflow run --experiment-name other`" in line
+    assert store.get_experiment_by_name("other") is None
+    (run,) = runs(store)
+    assert run.info.status == "FAILED" and run.data.tags["error.kind"] == "bad_input"
+
+    same = mlflow_run("xor", experiment="tests", dry_run="true")  # the run's own experiment: nothing to refuse
+    assert same.returncode == 0, same.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_storage_password_is_never_printed_or_stored(store, postgres_url, tmp_path):
+    """The workflow passes the sweep step its storage without the password (in PGPASSWORD): no -P
+    value, param, tag, artifact or output line holds it. Trust auth takes any password."""
+    url = postgres_url.replace("postgres@", f"postgres:{PASSWORD}@")
+    settings = options(task="linear", n_trials=1, epochs=1, study_name="secret", storage=url, system_metrics_interval=0)
+    completed = run_cli("workflow", *settings, timeout=900)
+    report = PROJECT / "reports" / "compare-linear.html"  # the compare step's default local file
+    report.unlink(missing_ok=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert PASSWORD not in completed.stdout + completed.stderr
+    assert "-P storage=postgresql://postgres@127.0.0.1:5432/" in completed.stdout  # the step line, as passed
+    stored = [path for path in tmp_path.rglob("*") if path.is_file()]  # the database (and its WAL), artifacts
+    assert any(path.name == "mlflow.db" for path in stored) and any("artifacts" in path.parts for path in stored)
+    assert not [path for path in stored if PASSWORD.encode() in path.read_bytes()]
+    (sweep,) = [run for run in runs(store) if run.data.tags.get("mlflow.project.entryPoint") == "sweep"]
+    assert sweep.data.params["storage"] == postgres_url and sweep.info.status == "FINISHED"

@@ -15,7 +15,9 @@ from experiments.emotion import load_fer2013
 from experiments.linear import load_line
 from experiments.mnist import load_mnist
 from pipelines.data import prepare_data
-from pipelines.tracking import log_inputs_racing
+from pipelines.reporting import PREDICTIONS_ARTIFACT, read_predictions
+from pipelines.significance import metric_of
+from pipelines.tracking import log_inputs_racing, split_datasets
 from pipelines.train import (
     STEPS_PER_EXECUTION,
     ShuffledBatches,
@@ -60,6 +62,14 @@ def test_every_entry_point_trains_and_logs_a_complete_run(name, store, tiny):
     assert run.data.tags["dataset_digest"] == contexts[f"{task.name}-train"]
     validates = params["validation_fraction"] > 0 or task.name == "emotion"  # FER2013's PublicTest validates
     assert (f"{task.name}-validation" in contexts) == validates
+    # The headline metric's 95% interval, and the test predictions that pair this run with another.
+    metric = run.data.metrics[task.primary_metric]
+    low, high = (run.data.metrics[f"{task.primary_metric}_ci_{end}"] for end in ("low", "high"))
+    assert low <= metric <= high and low < high
+    local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=PREDICTIONS_ARTIFACT)
+    predictions = read_predictions(local)
+    assert predictions["kind"] == task.kind and predictions["test_digest"] == contexts[f"{task.name}-test"]
+    assert metric_of(task.kind, predictions["truth"], predictions["predicted"]) == pytest.approx(metric, rel=1e-4)
     if task.kind == "multiclass":  # a recall per class, named after it
         labels = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/evaluation/confusion_matrix.json")["labels"]
         assert {m for m in run.data.metrics if m.startswith("test_recall_")} == {f"test_recall_{n}" for n in labels}
@@ -149,6 +159,23 @@ def test_runs_logging_the_same_new_dataset_at_once_all_record_it(backend, store,
             "mlflow.data.context": "train"
         }
     assert len(run_ids) == racers * rounds
+
+
+@pytest.mark.parametrize("name", ["churn", "iris", "linear", "mnist_cnn"])
+def test_the_test_split_stays_put_when_the_seed_changes(name, tiny):
+    """Runs of a task are tested on the same examples whatever their `seed`, so they pair
+    example by example; the validation split follows the seed; `split_seed` moves the test split."""
+
+    def digests(**changes):
+        task, variant, params = tiny.params(name, **changes)
+        splits = prepare_data(task, variant, params)
+        return {context: dataset.digest for context, dataset in split_datasets(splits, task.name).items()}
+
+    first, reseeded, resplit = digests(seed=1), digests(seed=2), digests(seed=1, split_seed=7)
+    assert first["test"] == reseeded["test"]
+    assert first["validation"] != reseeded["validation"]
+    if name != "mnist_cnn":  # MNIST's file fixes its test split
+        assert resplit["test"] != first["test"]
 
 
 @pytest.mark.slow

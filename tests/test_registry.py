@@ -3,16 +3,19 @@
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from pipelines.cli import main
-from pipelines.registry import promotion_lock, run_promotion
+from pipelines.registry import PROMOTE_EXPERIMENT, promotion_lock, run_promotion
 from tests.conftest import TinyRecipe, open_store, restore_store, write_mnist_npz
 from tests.helpers import LOCAL, PROJECT, free_port, mlflow_run, runs, wait_until_serving
 
@@ -31,6 +34,13 @@ def train_cnn(tiny, learning_rate, entry_point=MODEL, **changes):
 
 def promote(*args):
     return main(["promote", "--task", MODEL, *map(str, args)])
+
+
+def promotions(client):
+    """The promote runs: in an experiment of their own, not among the training runs."""
+    assert not [r for r in runs(client) if r.data.tags.get("step") == "promote"]
+    experiment = client.get_experiment_by_name(PROMOTE_EXPERIMENT)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
 def versions(client, name=MODEL):
@@ -103,7 +113,7 @@ def test_promote_gates_the_champion_tags_lineage_and_is_idempotent(store, good_a
     assert store.get_model_version(MODEL, first.version).tags["promotion.decision"] == "challenger"
 
     # Each promotion is its own finished run that records its decision.
-    promote_runs = [r for r in runs(store) if r.data.tags.get("step") == "promote"]
+    promote_runs = promotions(store)
     assert len(promote_runs) == 3 and {r.info.status for r in promote_runs} == {"FINISHED"}
     assert sorted(r.data.tags["promotion.decision"] for r in promote_runs) == ["challenger", "champion", "champion"]
 
@@ -191,7 +201,7 @@ def test_bad_promotions_are_one_error_line_and_register_nothing(argv, leftover, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message.format(run_id=run_id)), err
     assert not store.search_registered_models()
-    assert not [r for r in runs(store) if r.data.tags.get("step") == "promote" or r.info.status == "RUNNING"]
+    assert not promotions(store) and not [r for r in runs(store) if r.info.status == "RUNNING"]
 
 
 # --- compare ----------------------------------------------------------------------------
@@ -208,14 +218,22 @@ def test_compare_reports_versions_side_by_side(store, good_and_bad, tiny, tmp_pa
     assert main(["compare", "--model", MODEL, "--output", str(output)]) == 0
     page = output.read_text()
     assert page.count("<td>mnist_cnn</td>") == 2 and "<td>challenger, champion</td>" in page
-    assert page.count("<img") == 2  # learning curves, confusion matrices
+    assert page.count("<img") == 3  # test metric intervals, learning curves, confusion matrices
+    assert "paired tests" in page and "better (p = " in page  # the good run against the bad, same test split
     for column in ("test_accuracy", "learning_rate", "num_params", "train_time_s", "latency_ms", "images_per_s"):
         assert f"<th>{column}</th>" in page
-    (compare_run,) = [r for r in runs(store) if r.data.tags.get("step") == "compare"]
-    assert compare_run.info.status == "FINISHED"
+    comparisons = store.get_experiment_by_name("comparisons")  # an experiment of its own, not the training one
+    (compare_run,) = store.search_runs([comparisons.experiment_id])
+    assert compare_run.data.tags["step"] == "compare" and compare_run.info.status == "FINISHED"
+    assert "comparison/report.html" in compare_run.data.tags["mlflow.note.content"]
+    assert not [r for r in runs(store) if r.data.tags.get("step") == "compare"]
     artifacts = {a.path for a in store.list_artifacts(compare_run.info.run_id, "comparison")}
     assert artifacts == {
-        f"comparison/{name}" for name in ("report.html", "table.csv", "learning_curves.png", "confusion_matrices.png")
+        f"comparison/{name}"
+        for name in (
+            *("report.html", "table.csv", "pairwise_tests.csv"),
+            *("test_metric_intervals.png", "learning_curves.png", "confusion_matrices.png"),
+        )
     }
     local = mlflow.artifacts.download_artifacts(run_id=compare_run.info.run_id, artifact_path="comparison")
     assert Image.open(f"{local}/confusion_matrices.png").size[0] > 600  # two matrices side by side
@@ -223,7 +241,8 @@ def test_compare_reports_versions_side_by_side(store, good_and_bad, tiny, tmp_pa
     assert len(table) == 3 and table[0].startswith("model,version,aliases,test_accuracy")
 
     # Champions across variants: what batch norm bought.
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "test_accuracy 95%" in out and "paired tests on the same test examples" in out
     assert main(["compare", "--model", "mnist_cnn*@champion", "--output", str(tmp_path / "variants.html")]) == 0
     out = capsys.readouterr().out
     assert "mnist_cnn_bn" in out and out.count("champion") >= 2
@@ -307,3 +326,184 @@ def test_mlflow_run_workflow_sweeps_promotes_and_compares(store, tmp_path):
     report = PROJECT / "reports" / "compare-xor.html"  # compare's default local file
     assert "<td>xor</td>" in report.read_text()
     report.unlink()
+
+
+# --- the paired gate, on predictions with known disagreement counts -----------------------
+
+TEST_EXAMPLES = 100
+
+
+def scored_run(store, predicted, truth, entry_point=MODEL, test_inputs=None, params=None):
+    """A finished run as training leaves it, with these test predictions: the metric and its
+    interval, the predictions artifact, the test split as a dataset input, and a READY logged
+    model (without files: a model the gate never has to load)."""
+    from experiments import resolve
+    from pipelines import reporting, significance
+
+    task, variant = resolve(entry_point)
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    test_inputs = np.arange(len(truth)) if test_inputs is None else test_inputs
+    metric = task.primary_metric
+    tags = {"entry_point": entry_point, "task": task.name, "variant": variant}
+    with mlflow.start_run(tags=tags) as run:
+        dataset = mlflow.data.from_numpy(test_inputs.astype("float32"), targets=truth, name=f"{task.name}-test")
+        mlflow.log_input(dataset, context="test")
+        mlflow.log_params(params or {"seed": 42, "split_seed": 42})
+        low, high = significance.interval_of(task.kind, truth, predicted)
+        value = significance.metric_of(task.kind, truth, predicted)
+        mlflow.log_metrics({metric: value, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+        path = Path(tempfile.mkdtemp()) / "test_predictions.npz"
+        np.savez_compressed(
+            path, truth=truth, predicted=predicted, kind=np.array(task.kind), test_digest=np.array(dataset.digest)
+        )
+        mlflow.log_artifact(str(path), "evaluation")
+        assert reporting.PREDICTIONS_ARTIFACT == "evaluation/test_predictions.npz"
+        model = mlflow.initialize_logged_model(name="model", source_run_id=run.info.run_id)
+        mlflow.finalize_logged_model(model.model_id, "READY")
+    return store.get_run(run.info.run_id)
+
+
+def champion_and_challenger(store, challenger_only, champion_only, both_right=70):
+    """Two classifiers' runs on the same 100 test examples (labels 0-9) with exactly these counts:
+    examples only the challenger gets right, only the champion, both; the rest neither."""
+    truth = np.arange(TEST_EXAMPLES) % 10
+    wrong = (truth + 1) % 10
+    blocks = [(challenger_only, True, False), (champion_only, False, True), (both_right, True, True)]
+    rest = TEST_EXAMPLES - sum(count for count, _, _ in blocks)
+    blocks.append((rest, False, False))
+    right = {side: np.concatenate([np.full(count, ok[side]) for count, *ok in blocks]) for side in (0, 1)}
+    challenger, champion = (np.where(right[side], truth, wrong) for side in (0, 1))
+    champion_run = scored_run(store, champion, truth)
+    challenger_run = scored_run(store, challenger, truth)
+    return champion_run, challenger_run
+
+
+@pytest.mark.parametrize(
+    ("challenger_only", "champion_only", "settings", "promoted", "why"),
+    [
+        (12, 1, [], True, "a significant win (p < alpha 0.05)"),  # p = 0.0034
+        (5, 2, [], False, "a win inside the noise"),  # p = 0.45: +3 points, but chance
+        (5, 2, ["--gate", "margin"], True, None),  # today's rule: any win
+        (1, 10, [], False, "not a win"),  # p = 0.012, but the champion's way
+        (12, 1, ["--alpha", "0.001"], False, "a win inside the noise"),
+        (12, 1, ["--margin", "0.2"], False, "significant, but not above the margin 0.2"),
+        (12, 1, ["--gate", "margin", "--margin", "0.2"], False, None),
+    ],
+)
+def test_the_paired_gate_moves_the_champion_only_on_a_significant_win(
+    store, capsys, challenger_only, champion_only, settings, promoted, why
+):
+    champion, challenger = champion_and_challenger(store, challenger_only, champion_only)
+    assert promote("--run_id", champion.info.run_id) == 0
+    capsys.readouterr()
+    assert promote("--run_id", challenger.info.run_id, *settings) == 0
+    out = capsys.readouterr().out
+    assert alias_version(store, "champion") == ("2" if promoted else "1")
+    version = store.get_model_version(MODEL, "2")
+    tags = version.tags
+    assert tags["promotion.decision"] == ("champion" if promoted else "challenger")
+    reason = tags["promotion.reason"]
+    assert reason.startswith("promoted: " if promoted else "kept the champion: ") and reason in out
+    assert "(95% interval " in reason and "against champion version 1's" in reason
+    assert tags["promotion.challenger_interval"] and tags["promotion.champion_interval"]
+    if "margin" in settings[:2]:  # gate=margin: no test, as before
+        assert tags["promotion.gate"] == "margin" and "promotion.test" not in tags and "McNemar" not in reason
+        return
+    assert why in reason and tags["promotion.gate"] == "paired"
+    from pipelines.significance import mcnemar
+
+    assert tags["promotion.test"] == "mcnemar" and tags["promotion.test_examples"] == str(TEST_EXAMPLES)
+    assert tags["promotion.challenger_only_right"] == str(challenger_only)
+    assert tags["promotion.champion_only_right"] == str(champion_only)
+    assert float(tags["promotion.p_value"]) == pytest.approx(mcnemar(challenger_only, champion_only), rel=1e-5)
+    assert f"{challenger_only} only the challenger gets right, {champion_only} only the champion" in reason
+    (promote_run,) = [r for r in promotions(store) if r.data.tags["model_version"] == "2"]
+    assert promote_run.data.tags["promotion.p_value"] == tags["promotion.p_value"]
+    assert promote_run.data.params["gate"] == "paired"
+
+
+def test_the_paired_gate_on_a_regression_uses_a_paired_bootstrap(store):
+    truth = np.linspace(1, 2, 200)
+    noise, other_noise = np.random.default_rng(0).normal(size=(2, 200))
+    champion = scored_run(store, truth + 0.3 * other_noise, truth, entry_point="linear")
+    close = scored_run(store, truth + 0.3 * noise, truth, entry_point="linear")  # a reseeded twin: p = 0.38
+    better = scored_run(store, truth + 0.1 * noise, truth, entry_point="linear")
+    assert close.data.metrics["test_mse"] < champion.data.metrics["test_mse"]  # a win, by chance
+    for run in (champion, close, better):
+        assert main(["promote", "--task", "linear", "--run_id", run.info.run_id]) == 0
+    first, second, third = versions(store, "linear")
+    assert first.tags["promotion.decision"] == "champion"
+    assert second.tags["promotion.decision"] == "challenger" and "inside the noise" in second.tags["promotion.reason"]
+    assert third.tags["promotion.decision"] == "champion" and alias_version(store, "champion", "linear") == "3"
+    assert third.tags["promotion.test"] == "paired_bootstrap" and float(third.tags["promotion.p_value"]) < 0.01
+    low, high = (float(end) for end in third.tags["promotion.gain_interval"].split(" to "))
+    assert 0 < low < float(third.tags["promotion.gain"]) < high
+    assert "MSE lower by" in third.tags["promotion.reason"]
+
+
+def test_runs_on_other_test_splits_are_refused_when_the_champion_cannot_be_evaluated_again(store, capsys, tmp_path):
+    truth = np.arange(TEST_EXAMPLES) % 10
+    champion = scored_run(store, truth, truth)
+    params = {"seed": 42, "split_seed": 42, "data": str(tmp_path / "gone.npz")}  # its data is gone
+    challenger = scored_run(store, truth, truth, test_inputs=np.arange(TEST_EXAMPLES) + 1, params=params)
+    assert promote("--run_id", champion.info.run_id) == 0
+    capsys.readouterr()
+    assert promote("--run_id", challenger.info.run_id) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: run_id: cannot pair run {challenger.info.run_id}"), err
+    assert "tested on other data" in err[0]
+    assert numbers(versions(store)) == ["1"]  # nothing registered
+    assert len(promotions(store)) == 1  # and no promote run started
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--alpha", "0"], "error: alpha: 0.0 is out of range; it must be a number in (0, 1)"),
+        (["--alpha", "1.5"], "error: alpha: 1.5 is out of range"),
+        (["--gate", "bayes"], "error: gate: bayes is out of range; it must be one of paired, margin"),
+    ],
+)
+def test_bad_gate_settings_are_one_error_line(argv, message, store, capsys):
+    assert main(["promote", "--task", MODEL, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert not store.search_registered_models()
+
+
+def test_compare_pairs_the_versions_that_share_a_test_split(store):
+    from pipelines import compare
+
+    champion, challenger = champion_and_challenger(store, 12, 1)  # a significant win
+    twin = scored_run(store, *champion_and_challenger_predictions(5, 2))  # a win inside the noise
+    elsewhere = scored_run(store, np.arange(10), np.arange(10), test_inputs=np.arange(10) + 1)  # another split
+    for run in (champion, challenger, twin):
+        assert promote("--run_id", run.info.run_id, "--gate", "margin") == 0
+    query = f"source_run_id = '{elsewhere.info.run_id}'"
+    (model,) = mlflow.search_logged_models(filter_string=query, output_format="list")
+    mlflow.register_model(f"models:/{model.model_id}", MODEL)  # registered as is: promote would evaluate it again
+    found = versions(store)
+    labels = [f"v{v.version}" for v in found]
+    matrix = compare.pairwise_tests(store, found, labels)
+    assert list(matrix.index) == list(matrix.columns) == labels
+    assert matrix.loc["v2", "v1"].startswith("better (p = 0.0034") and matrix.loc["v1", "v2"].startswith("worse")
+    assert matrix.loc["v3", "v1"].startswith("no significant difference")
+    assert matrix.loc["v4", "v1"] == matrix.loc["v1", "v4"] == "other test split" and matrix.loc["v1", "v1"] == "-"
+
+    table = pd.DataFrame([{**r.data.metrics} for r in (champion, challenger)])
+    assert compare._interval_columns(challenger.data.metrics)["test_accuracy 95%"] == "{:.4f} to {:.4f}".format(
+        challenger.data.metrics["test_accuracy_ci_low"], challenger.data.metrics["test_accuracy_ci_high"]
+    )
+    figure = compare.intervals_figure(table, ["v1", "v2"])
+    (axis,) = figure.axes
+    assert [tick.get_text() for tick in axis.get_yticklabels()] == ["v1", "v2"] and len(axis.containers) == 2
+    page = compare.render_html("t", table, {}, matrix)
+    assert "paired tests" in page and "better (p = 0.0034" in page
+
+
+def champion_and_challenger_predictions(challenger_only, champion_only, both_right=70):
+    """(predicted, truth) of a challenger with these counts against `champion_and_challenger`'s champion."""
+    truth = np.arange(TEST_EXAMPLES) % 10
+    rest = TEST_EXAMPLES - challenger_only - champion_only - both_right
+    right = np.concatenate([np.full(challenger_only, True), np.full(champion_only, False), np.full(both_right, True)])
+    return np.where(np.concatenate([right, np.full(rest, False)]), truth, (truth + 1) % 10), truth

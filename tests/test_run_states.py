@@ -12,7 +12,7 @@ import mlflow
 import psutil
 import pytest
 
-from pipelines import liveness
+from pipelines import liveness, stopping
 from pipelines.cli import main
 from tests.helpers import mlflow_run_command, no_traceback, runs, start
 
@@ -171,6 +171,36 @@ def test_a_stop_as_the_run_is_created_ends_it_killed(store):
     assert run.info.status == "KILLED" and run.data.tags["stop.cause"] == "SIGTERM"
 
 
+STUCK_IN_AN_EPOCH_START = """
+import sys, threading
+from pipelines import stopping, train
+from pipelines.cli import main
+
+class StuckAtTheSecondEpoch(train.CheckStop):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:  # as TensorFlow, starting an epoch's input pipeline, holds the main thread
+            print("stuck", flush=True)
+            threading.Event().wait()
+
+train.CheckStop = StuckAtTheSecondEpoch
+stopping.arm_watchdog()
+sys.exit(main(["train", "--task", "xor", "--epochs", "3", "--system_metrics_interval", "0"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_training_stuck_outside_python_is_stopped_by_the_watchdog(store):
+    process = start([sys.executable, "-c", STUCK_IN_AN_EPOCH_START], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert "stuck" in iter(lambda: process.stdout.readline().decode().strip(), "")  # Keras' lines first
+    sent = time.monotonic()
+    stderr = stop_and_wait(process, signal.SIGTERM, to_group=False).decode()
+    assert time.monotonic() - sent < stopping.STOP_GRACE_SECONDS + 5
+    assert process.returncode == 130 and no_traceback(stderr)
+    assert stderr.strip().splitlines()[-1] == "stopped (SIGTERM): the run ended KILLED"
+    (run,) = runs(store)
+    assert run.info.status == "KILLED" and run.data.tags["stop.cause"] == "SIGTERM"
+
+
 @pytest.mark.slow
 def test_sigterm_to_mlflow_run_stops_its_training_and_the_run_ends_killed(store):
     """`kill <pid of mlflow run>`: MLflow's launcher dies at once, with no handler; its child notices."""
@@ -316,7 +346,11 @@ def test_commands_started_at_once_on_a_new_store_all_succeed(tmp_path, monkeypat
     train = [sys.executable, "-m", "pipelines", "train", "--task", "xor", "--epochs", "2"]
     sweep = [sys.executable, "-m", "pipelines", "sweep", "--task", "xor", "--epochs", "2", "--n_trials", "1"]
     commands = [train, train, [*sweep, "--storage", str(tmp_path / "optuna.journal")]]
-    processes = [start(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for command in commands]
+    # From the store's folder: a new store's experiments keep their artifacts in ./mlruns, not the checkout's.
+    processes = [
+        start(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for command in commands
+    ]
     for process in processes:
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output[-3000:]

@@ -8,12 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import mlflow
 import pytest
 from PIL import Image
 
 from pipelines.cli import main
-from tests.helpers import free_port, wait_until_serving
+from tests.helpers import free_port, options, wait_until_serving
 
 CHROMIUM = shutil.which("chromium")  # Debian's `chromium` package; nothing downloads a browser
 MODEL, ALIAS = "xor", "champion"
@@ -24,6 +26,8 @@ VIRTUAL_TIME_BUDGET_MS = 30_000
 CHROMIUM_TIMEOUT_S = 120
 WINDOW_SIZE = "1400,900"
 MIN_SCREENSHOT_BYTES = 5_000  # a blank or error page compresses far below this
+# Where the screenshots of what a user sees are kept (README's, under docs/ui): set to a folder to keep them.
+SCREENSHOTS_ENV = "UI_SCREENSHOTS"
 CHROMIUM_FLAGS = [
     "--headless=new",
     "--no-sandbox",  # as root, and in containers without user namespaces
@@ -72,14 +76,14 @@ def ui_server(store, tmp_path, monkeypatch):
             process.wait()
 
 
-def render(chromium, url, screenshot, profile):
+def render(chromium, url, screenshot, profile, window_size=WINDOW_SIZE):
     """The DOM of `url` once the page settled, saving a screenshot of it at the same moment."""
     completed = subprocess.run(
         [
             chromium,
             *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}",
-            f"--window-size={WINDOW_SIZE}",
+            f"--window-size={window_size}",
             f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}",
             f"--screenshot={screenshot}",
             "--dump-dom",
@@ -119,7 +123,7 @@ def test_ui_lists_the_runs_and_shows_the_champion(chromium, ui_server, store, tm
     # The experiment's "Training runs" tab (its bare route opens the GenAI overview instead).
     runs_page = f"{ui_server}/#/experiments/{experiment_id}/runs"
     dom = render(chromium, runs_page, tmp_path / "runs.png", tmp_path / "profile")
-    for run in runs:  # each run's row links to it under its name (both are named after the task)
+    for run in runs:  # each run's row links to it under its name
         href = f"#/experiments/{experiment_id}/runs/{run.info.run_id}"
         link = f'href="{re.escape(href)}">(?:<[^>]*>)*{re.escape(run.info.run_name)}<'
         assert re.search(link, dom), f"run {run.info.run_name} ({run.info.run_id}) not listed"
@@ -135,3 +139,82 @@ def test_ui_lists_the_runs_and_shows_the_champion(chromium, ui_server, store, tm
     dom = render(chromium, f"{ui_server}/#/models/{MODEL}", tmp_path / "model.png", tmp_path / "profile")
     text = visible_text(dom)
     assert "Version 1" in text and f"@ {ALIAS}" in text, text[:2000]
+
+
+def keep_screenshot(path, name):
+    """Copy a screenshot to $UI_SCREENSHOTS (the docs' images are made so), when it is set."""
+    folder = os.environ.get(SCREENSHOTS_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(folder) / name)
+
+
+def printed_link(out, what):
+    """The URL a command printed for `what` (`  what: URL`), the last one if several."""
+    found = re.findall(rf"^  {re.escape(what)}: (\S+)$", out, flags=re.M)
+    assert found, out[-3000:]
+    return found[-1]
+
+
+def rows_in_order(dom):
+    """The run ids of the runs table's rows, top to bottom."""
+    rows = dict(re.findall(r'row-index="(\d+)" row-id="([0-9a-f]{32})"', dom))
+    return [rows[index] for index in sorted(rows, key=int)]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_printed_link_opens_the_comparison_and_the_sweep_links_its_best_trial(
+    chromium, ui_server, store, tiny, tmp_path, capsys, monkeypatch
+):
+    """What a user meets: tiny runs of two tasks and a small sweep, through a real `mlflow server`,
+    each task in its own experiment; the links the commands print, opened in Chromium."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ui_server)
+    mlflow.set_tracking_uri(ui_server)
+
+    def command(*argv):
+        # Each in the experiment named after its task, as in a fresh process (MLflow exports the
+        # experiment a command chose to the environment).
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        assert main(list(map(str, argv))) == 0
+
+    for seed in (1, 2):  # two runs that differ only by their seed
+        command("train", *tiny.argv("churn", epochs=2, seed=seed))
+    command("train", *tiny.argv("xor", epochs=2))
+    settings = options(storage=tmp_path / "optuna.journal", n_trials=3, study_name="churn-sweep")
+    command("sweep", *tiny.argv("churn", epochs=2), *settings)
+    out = capsys.readouterr().out
+    churn = store.get_experiment_by_name("churn")
+    runs = store.search_runs([churn.experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("sweep") == "study"]
+    seeds = [run for run in runs if "sweep" not in run.data.tags]
+    assert len(seeds) == 2 and seeds[0].info.run_name != seeds[1].info.run_name
+    assert store.search_runs([store.get_experiment_by_name("xor").experiment_id])
+
+    # The link the sweep printed opens the runs table in the task's comparison view, not the GenAI overview.
+    link = printed_link(out, "compare the runs")
+    assert link.startswith(f"{ui_server}/#/experiments/{churn.experiment_id}/runs?workflowType=machine_learning&")
+    dom = render(chromium, link, tmp_path / "comparison.png", tmp_path / "profile")
+    keep_screenshot(tmp_path / "comparison.png", "comparison.png")
+    text = visible_text(dom)
+    assert "Compare churn runs" in text and "Sort: test_accuracy" in text, text[:3000]
+    assert 'col-id="metrics.`test_accuracy`"' in dom  # the first column after the run's own (the grid draws what fits)
+    for run in seeds:
+        assert run.info.run_name in text
+    # Every run is a row, sorted by test accuracy, best first (runs without one, the study's, last).
+    order = rows_in_order(dom)
+    assert sorted(order) == sorted(run.info.run_id for run in runs)
+    by_id = {run.info.run_id: run.data.metrics.get("test_accuracy", -1.0) for run in runs}
+    values = [by_id[run_id] for run_id in order]
+    assert values == sorted(values, reverse=True), values
+    for run in seeds:  # the headline metric's value is shown in each run's row
+        assert f">{run.data.metrics['test_accuracy']:.4g}<" in dom.replace("</span>", "<")
+
+    # The sweep's run page: its description links the best trial's run.
+    best_run_id = parent.data.tags["best.run_id"]
+    assert printed_link(out, "its best trial").endswith(f"/runs/{best_run_id}?workflowType=machine_learning")
+    page = printed_link(out, "the sweep")
+    # Tall enough to show the description below the run's details.
+    dom = render(chromium, page, tmp_path / "sweep.png", tmp_path / "profile", window_size="1400,1500")
+    keep_screenshot(tmp_path / "sweep.png", "sweep.png")
+    assert f'href="#/experiments/{churn.experiment_id}/runs/{best_run_id}"' in dom

@@ -35,6 +35,7 @@ def run_sweep(task, variant, settings, space, params):
             "pass the password in PGPASSWORD (or ~/.pgpass) instead",
             file=sys.stderr,
         )
+    _check_existing_study(settings["storage"], study_name, direction, entry_point)
     experiment_id = tracking.use_experiment(settings["experiment"], task.name)
     client = mlflow.MlflowClient()
     on_stale = FailStaleTrial(experiment_id, study_name)
@@ -105,19 +106,35 @@ def run_sweep(task, variant, settings, space, params):
             for problem in problems:
                 print(f"warning: {problem}", file=sys.stderr)
             _print_summary(study, study_name, settings["n_trials"], entry_point, task, metric)
+            _print_links(client, experiment_id, parent_run_id, study, task)
     return 0 if status == "FINISHED" else 1
 
 
 def _create_or_resume(study_storage, study_name, direction, entry_point):
     study = optuna.create_study(study_name=study_name, storage=study_storage, direction=direction, load_if_exists=True)
-    owner = study.user_attrs.get("entry_point")
-    if owner is None:
+    if study.user_attrs.get("entry_point") is None:
         study.set_user_attr("entry_point", entry_point)
-    elif owner != entry_point:
-        raise InputError(f"study_name: study '{study_name}' sweeps {owner}, not {entry_point}; choose another name")
-    if study.direction.name.lower() != direction:
-        raise InputError(f"study_name: study '{study_name}' was created to {study.direction.name.lower()}")
+    _check_study(study, direction, entry_point)
     return study
+
+
+def _check_existing_study(url, study_name, direction, entry_point):
+    """Refuse a study of another entry point or direction before anything is created for the sweep."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage.open_storage(url, None, None))
+    except KeyError:  # a new study
+        return
+    _check_study(study, direction, entry_point)
+
+
+def _check_study(study, direction, entry_point):
+    owner = study.user_attrs.get("entry_point")
+    if owner not in (None, entry_point):
+        raise InputError(
+            f"study_name: study '{study.study_name}' sweeps {owner}, not {entry_point}; choose another name"
+        )
+    if study.direction.name.lower() != direction:
+        raise InputError(f"study_name: study '{study.study_name}' was created to {study.direction.name.lower()}")
 
 
 def _run_worker_processes(spec, count, study, launched):
@@ -172,6 +189,17 @@ def _run_worker_processes(spec, count, study, launched):
 def _wants_trials(study, spec):
     finished, _ = storage.trial_counts(study)
     return finished < spec.n_trials and (spec.deadline is None or time.time() < spec.deadline)
+
+
+def _print_links(client, experiment_id, parent_run_id, study, task):
+    """Where to look at what the sweep made: its study run, the best trial's run, the comparison view."""
+    links = {"the sweep": tracking.run_url(experiment_id, parent_run_id)}
+    best = study_run.best_trial(study)
+    if best is not None and best.user_attrs.get("mlflow_run_id"):
+        links["its best trial"] = tracking.run_url(experiment_id, best.user_attrs["mlflow_run_id"])
+    view = tracking.share_comparison_view(experiment_id, task, client)  # a refusal is a warning, not an error
+    links["compare the runs"] = tracking.experiment_url(experiment_id, view)
+    tracking.print_links(links)
 
 
 def _print_summary(study, study_name, n_trials, entry_point, task, metric):

@@ -27,7 +27,7 @@ from experiments import InputError
 from pipelines.params import declared_params
 
 # They shape the data every trial of a study shares, so a study cannot vary them.
-UNTUNABLE = ("data", "seed", "max_samples", "validation_fraction")
+UNTUNABLE = ("data", "seed", "split_seed", "max_samples", "validation_fraction")
 RANGE_KEYS = {"low", "high", "log", "step"}
 
 
@@ -66,9 +66,18 @@ def read_overrides(value):
     text, source = value, "inline"
     path = Path(value).expanduser()
     if not value.lstrip().startswith("{"):
-        if not path.is_file():
-            raise InputError(f"search_space: file not found: {value}")
-        text, source = path.read_text(), str(path)
+        try:
+            if path.is_dir():
+                raise InputError(f"search_space: {value} is a directory, not a YAML or JSON file")
+            if not path.is_file():
+                raise InputError(f"search_space: file not found: {value}")
+            text, source = path.read_text(), str(path)
+        except UnicodeDecodeError:
+            raise InputError(f"search_space: {value} is not a YAML or JSON file (not text)") from None
+        except (OSError, ValueError) as error:  # unreadable, or a name the file system refuses
+            raise InputError(
+                f"search_space: cannot read {value}: {getattr(error, 'strerror', None) or error}"
+            ) from None
     try:
         entries = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -10,7 +10,9 @@
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import socket
 import warnings
 from collections import Counter
@@ -29,6 +31,7 @@ from experiments import InputError
 DEFAULT_JOURNAL = Path("mlruns") / "optuna.journal"
 RDB_SCHEMES = ("sqlite", "postgresql")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+CONNECT_TIMEOUT_S = 10  # how long `check` waits for a database server to answer
 
 
 def is_rdb(url):
@@ -41,21 +44,49 @@ def describe(url):
         return str(DEFAULT_JOURNAL.resolve())
     if "://" not in url:
         return str(Path(url).expanduser().resolve())
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url.split("://")[0] + "://..."
+    parsed = _well_formed(url)
+    if parsed is not None:
+        return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
+    # Not parsable, or parsed wrongly (an '@' left unencoded in the password): mask all that may be
+    # password, from the user name's ':' to the last '@', and any password= in the query.
+    scheme, _, rest = url.partition("://")
+    user = re.match(r"[^:/@?#]*", rest).group()
+    if rest[len(user) : len(user) + 1] == ":" and "@" in rest[len(user) :]:
+        rest = f"{user}:***{rest[rest.rindex('@') :]}"
+    return f"{scheme}://" + re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
+
+
+def split_password(url):
+    """(`url` without its password, the password or ''): a password in the user part
+    (`user:pw@host`) or in the query (`?password=pw`), as the database driver takes it."""
+    parsed = _well_formed(url) if "://" in url else None
+    if parsed is None:
+        return url, ""
+    password = parsed.password or parsed.query.get("password") or ""
+    if not password:
+        return url, ""
+    without = parsed._replace(password=None).difference_update_query(["password"])
+    return without.render_as_string(hide_password=False), str(password)
 
 
 def has_password(url):
+    return "://" in url and describe(url) != url
+
+
+def _well_formed(url):
+    """SQLAlchemy's reading of `url`, or None where it fails or misreads the URL (a host holding
+    an '@': the password held one that is not percent-encoded)."""
     try:
-        return "://" in url and bool(sqlalchemy.engine.make_url(url).password)
-    except sqlalchemy.exc.ArgumentError:
-        return False
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return None
+    return None if "@" in (parsed.host or "") else parsed
 
 
 def check(url, workers):
-    """Refuse a storage the sweep cannot use, before anything is created."""
+    """Refuse a storage the sweep cannot use, before anything is created: an unsupported or
+    malformed URL, a database that does not answer, a path that is a directory or not a
+    journal file. Nothing is written."""
     if "://" in url and not is_rdb(url):
         raise InputError(
             f"storage: unsupported storage {describe(url)}; use a journal file path (the default), "
@@ -66,6 +97,83 @@ def check(url, workers):
             "storage: SQLite is not safe for parallel workers (Optuna advises against it); "
             "use the default journal file or PostgreSQL"
         )
+    if not is_rdb(url):
+        _check_journal(Path(url).expanduser() if url else DEFAULT_JOURNAL)
+        return
+    parsed = _parsed(url)
+    if url.startswith("sqlite"):
+        if not parsed.database or parsed.database == ":memory:":
+            raise InputError(f"storage: {describe(url)} names no database file; give sqlite:///path/to/file.db")
+        _check_sqlite(Path(parsed.database).expanduser())
+        return
+    _check_connects(url, parsed)
+
+
+def _parsed(url):
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise InputError(f"storage: {describe(url)} is not a database URL such as postgresql://user@host/db") from None
+    except ValueError as error:
+        port = re.search(r"for int\(\) with base 10: (.*)$", str(error))
+        reason = f"its port {port.group(1)} is not a number" if port else _reason(error, url)
+        raise InputError(f"storage: {describe(url)} is not a valid database URL: {reason}") from None
+    if "@" in (parsed.host or ""):
+        raise InputError(
+            f"storage: {describe(url)} is not a valid database URL: an '@' in the password must be written %40 "
+            "(or pass the password in PGPASSWORD)"
+        )
+    return parsed
+
+
+def _check_writable_file(path, what, example):
+    """`path` can be created or written as a file: not a directory, under a directory we may write in."""
+    try:
+        if path.is_dir():
+            raise InputError(f"storage: {path} is a directory, not {what}; give a file in it, e.g. {path / example}")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise InputError(f"storage: cannot use {path}: {folder} is not a directory")
+        if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
+            raise InputError(f"storage: cannot use {path}: permission denied")
+    except (OSError, ValueError) as error:  # a name the file system refuses (too long, a NUL)
+        raise InputError(f"storage: cannot use {path}: {getattr(error, 'strerror', None) or error}") from None
+
+
+def _check_journal(path):
+    _check_writable_file(path, "a journal file", "optuna.journal")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with path.open("rb") as journal:
+            first = json.loads(journal.readline(1 << 20))
+        is_journal = isinstance(first, dict) and "op_code" in first
+    except (OSError, ValueError):
+        is_journal = False
+    if not is_journal:
+        raise InputError(f"storage: {path} is not an Optuna journal file; give a journal file's path or a new one")
+
+
+def _check_sqlite(path):
+    _check_writable_file(path, "a SQLite database", "optuna.db")
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as database:
+            if database.read(16) != b"SQLite format 3\x00":
+                raise InputError(f"storage: {path} is not a SQLite database")
+
+
+def _check_connects(url, parsed):
+    """The database answers: one connection, opened and closed (libpq reads PGPASSWORD and ~/.pgpass)."""
+    driver = parsed.get_driver_name()
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if driver.startswith("psycopg") else {}
+    try:
+        engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args)
+        with engine.connect():
+            pass
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, TypeError) as error:
+        raise InputError(f"storage: cannot open {describe(url)}: {_reason(error, url)}") from None
 
 
 def open_storage(url, heartbeat_interval, on_stale_trial):
@@ -87,12 +195,14 @@ def open_storage(url, heartbeat_interval, on_stale_trial):
                 heartbeat_stale_trial_callback=on_stale_trial,
             )
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
-        raise InputError(f"storage: cannot open {describe(url)}: {_reason(error)}") from None
+        raise InputError(f"storage: cannot open {describe(url)}: {_reason(error, url)}") from None
 
 
-def _reason(error):
-    """The first line of what the database driver said."""
-    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+def _reason(error, url=""):
+    """The first line of what the database driver said, without the password of `url`."""
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__]
+    password = split_password(url)[1] if url else ""
+    return lines[0].replace(password, "***") if password else lines[0]
 
 
 def worker_id():
@@ -168,7 +278,7 @@ def study_lock(url, purpose, study_name=""):
     try:
         connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     except sqlalchemy.exc.SQLAlchemyError as error:
-        raise InputError(f"storage: cannot open {describe(url)}: {_reason(error)}") from None
+        raise InputError(f"storage: cannot open {describe(url)}: {_reason(error, url)}") from None
     with connection:  # closing the connection also releases the lock, should the unlock fail
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
         try:

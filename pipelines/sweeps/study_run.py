@@ -12,6 +12,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from experiments import resolve
 from pipelines import liveness, tracking
 from pipelines.sweeps import search_space, storage
 
@@ -83,16 +84,26 @@ def best_trial(study):
 
 
 def report_progress(client, run_id, study):
-    """Keep the study run's summary current: trial counts, best value and best params."""
+    """Keep the study run's summary current: trial counts, the best trial's objective and test
+    metric under their own names (`best_trial_val_accuracy`, `best_trial_test_accuracy`; `best_value`
+    too), its params, and the run's description, which links the best trial's run."""
     states = storage.state_counts(study)
     finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
     now = int(time.time() * 1000)
     counts = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
     metrics = [mlflow.entities.Metric(f"trials_{name}", states[state], now, finished) for name, state in counts.items()]
+    parent = client.get_run(run_id)
+    objective = parent.data.params.get("objective", "").split()[-1:] or ["value"]  # "maximize val_accuracy"
+    entry_point = study.user_attrs.get("entry_point")
+    test_metric = resolve(entry_point)[0].primary_metric if entry_point else ""
     best = best_trial(study)
     tags = []
     if best is not None:
         metrics.append(mlflow.entities.Metric("best_value", best.value, now, finished))
+        metrics.append(mlflow.entities.Metric(f"best_trial_{objective[0]}", best.value, now, finished))
+        if test_metric in best.user_attrs:
+            value = best.user_attrs[test_metric]
+            metrics.append(mlflow.entities.Metric(f"best_trial_{test_metric}", value, now, finished))
         best_tags = {
             "best.trial_number": best.number,
             "best.run_id": best.user_attrs.get("mlflow_run_id", ""),
@@ -100,23 +111,65 @@ def report_progress(client, run_id, study):
             "best.params": json.dumps(best.params),
         }
         tags = [mlflow.entities.RunTag(key, str(value)) for key, value in best_tags.items()]
+    description = describe_study(study, states, parent, objective[0], test_metric, best)
+    tags.append(mlflow.entities.RunTag(tracking.DESCRIPTION_TAG, description))
     client.log_batch(run_id, metrics=metrics, tags=tags)
 
 
+def describe_study(study, states, parent, objective, test_metric, best):
+    """The study run's description (Markdown): the best trial, linked, and the trial counts."""
+    finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+    planned = parent.data.params.get("n_trials", "?")
+    counts = (
+        f"{finished} of {planned} trials finished ({states[TrialState.COMPLETE]} complete, "
+        f"{states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]} failed)"
+    )
+    text = f"Optuna study **{study.study_name}** of {study.user_attrs.get('entry_point', '?')}: {counts}."
+    if best is None:
+        return text + " No trial has completed yet."
+    run_id = best.user_attrs.get("mlflow_run_id", "")
+    trial = f"trial {best.number}"
+    if run_id:
+        trial = tracking.run_link(parent.info.experiment_id, run_id, f"trial {best.number} ({run_id})")
+    result = f"{objective} {best.value:.4f}"
+    if test_metric in best.user_attrs:
+        result += f", {test_metric} {best.user_attrs[test_metric]:.4f}"
+    return (
+        f"{text} Best: **{trial}**, {result}, with {param_values(best.params)}. Optuna's plots and "
+        "`trials.csv` (every trial with its run id) are under `sweep/` in the artifacts."
+    )
+
+
 def record_trial(client, spec, study, trial):
-    """After a trial: its final state on its run, and the study run's summary."""
+    """After a trial: its final state on its run, a name that says what it tried, and the study
+    run's summary. A pruned trial's run says when it was pruned: `pruned_at_epoch` counts epochs
+    from 1, as `best_epoch` does; Optuna's steps (and its own messages) count them from 0."""
     for run in trial_runs(spec.experiment_id, spec.study_name, trial.number):
-        client.set_tag(run.info.run_id, "optuna.trial_state", trial.state.name)
-        if trial.state == TrialState.PRUNED:
-            client.set_tag(run.info.run_id, "pruned_at_epoch", max(trial.intermediate_values) + 1)
+        name = tracking.run_name("", trial.params, {}, prefix=f"{spec.study_name}-trial-{trial.number}")
+        tags = {"optuna.trial_state": trial.state.name, tracking.RUN_NAME_TAG: name}
+        if trial.state == TrialState.PRUNED and trial.intermediate_values:
+            step = max(trial.intermediate_values)
+            tags["pruned_at_epoch"] = step + 1
+            metric, epochs = objective_of(client, spec.parent_run_id), run.data.params.get("epochs", "?")
+            tags[tracking.DESCRIPTION_TAG] = (
+                f"Trial {trial.number} of study {spec.study_name}, pruned after epoch {step + 1} of {epochs} "
+                f"(Optuna's step {step}): its {metric} {trial.intermediate_values[step]:.4f} trailed the other "
+                f"trials'. With {param_values(trial.params)}."
+            )
+        client.log_batch(run.info.run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
     report_progress(client, spec.parent_run_id, study)
+
+
+def objective_of(client, parent_run_id):
+    """The metric the study optimizes (and its pruner watches), as its run's `objective` param names it."""
+    return (client.get_run(parent_run_id).data.params.get("objective", "").split()[-1:] or ["value"])[0]
 
 
 def finish_study_run(client, run_id, study, status):
     """The final summary, the trials table and Optuna's plots; then end the run with `status`."""
     tracking.retrying(lambda: report_progress(client, run_id, study))
     try:
-        client.log_text(run_id, study.trials_dataframe().to_csv(index=False), "sweep/trials.csv")
+        client.log_text(run_id, trials_table(client, run_id, study).to_csv(index=False), "sweep/trials.csv")
     except Exception:
         pass
     with warnings.catch_warnings():
@@ -127,17 +180,40 @@ def finish_study_run(client, run_id, study, status):
             except Exception:
                 continue
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-            client.log_figure(run_id, figure, f"sweep/{name}.png")
+            # Saved to the bounds of what is drawn: the default frame cuts long parameter names
+            # ("rning_rate") and the parallel coordinates' axis labels.
+            client.log_figure(run_id, figure, f"sweep/{name}.png", save_kwargs={"bbox_inches": "tight", "dpi": 120})
             plt.close(figure)
     liveness.HEARTBEAT.remove(run_id)
     tracking.retrying(lambda: client.set_terminated(run_id, status))
 
 
+def trials_table(client, run_id, study):
+    """Optuna's table of the trials with each one's MLflow run id (`user_attrs_mlflow_run_id`),
+    pruned and failed trials included: those never return to record it."""
+    table = study.trials_dataframe()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    query = f"tags.`optuna.study_name` = '{study.study_name}' AND tags.sweep = 'trial'"
+    found = {}
+    for run in client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"]):
+        found[int(run.data.tags["optuna.trial_number"])] = run.info.run_id  # the latest run of each trial
+    column = "user_attrs_mlflow_run_id"
+    recorded = table[column] if column in table else None
+    table[column] = table["number"].map(found)
+    if recorded is not None:
+        table[column] = recorded.where(recorded.notna(), table[column])
+    return table
+
+
+def param_values(params):
+    """`name=value, ...`, floats to 4 significant digits."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def describe_trial(trial, metric):
     """`<metric> <value> (name=value, ...)`: a trial's result and parameters in one line."""
-    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     result = f"{metric} {trial.value:.4f}" if trial.value is not None else "no value"
-    return f"{result} ({values})"
+    return f"{result} ({param_values(trial.params)})"
 
 
 def trial_runs(experiment_id, study_name, number, status=None):

@@ -13,7 +13,7 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from experiments import RunFailed, resolve
-from pipelines import checkpoints, stopping
+from pipelines import checkpoints, stopping, tracking
 from pipelines.data import monitored_metric, prepare_data
 from pipelines.sweeps import search_space, storage, study_run
 from pipelines.sweeps.callbacks import TrialPruning
@@ -58,7 +58,8 @@ def run_worker(spec, splits=None):
         return checkpoints.latest(earlier_runs[0].info.run_id) if earlier_runs else None
 
     def objective(trial):
-        params = {**spec.params, **search_space.suggest(trial, space)}
+        suggested = search_space.suggest(trial, space)
+        params = {**spec.params, **suggested}
         checkpoint = retried_trial_checkpoint(trial)
         # The values the dead trial reported, as its checkpoint holds them: it may have
         # died after writing the checkpoint and before reporting the epoch.
@@ -69,7 +70,7 @@ def run_worker(spec, splits=None):
             params,
             callbacks=[TrialPruning(trial, metric, earlier_values)],
             tags={"optuna.study_name": spec.study_name, "optuna.trial_number": str(trial.number), "sweep": "trial"},
-            run_name=f"{spec.study_name}-trial-{trial.number}",
+            run_name=tracking.run_name("", suggested, {}, prefix=f"{spec.study_name}-trial-{trial.number}"),
             parent_run_id=spec.parent_run_id,
             splits=splits,
             system_metrics_interval=spec.system_metrics_interval,
@@ -135,7 +136,11 @@ def run_trial(study, trial, objective, study_storage):
     else (Ctrl-C included) fails the trial and stops the worker.
     """
     state, value = TrialState.COMPLETE, None
-    with storage.heartbeat(trial, study_storage):
+
+    def fail(cause):  # a stop forced by the watchdog fails the trial, as a stop raised here does
+        study.tell(trial, state=TrialState.FAIL)
+
+    with storage.heartbeat(trial, study_storage), stopping.on_forced_stop(fail):
         try:
             value = objective(trial)
         except optuna.TrialPruned:
