@@ -35,7 +35,9 @@ def run_sweep(task, variant, settings, space, params):
             "pass the password in PGPASSWORD (or ~/.pgpass) instead",
             file=sys.stderr,
         )
-    _check_existing_study(settings["storage"], study_name, direction, entry_point)
+    # Opening the storage may create Optuna's tables: under the lock that serializes it.
+    with storage.study_lock(settings["storage"], "setup"):
+        _check_existing_study(settings["storage"], study_name, direction, entry_point)
     experiment_id = tracking.use_experiment(settings["experiment"], task.name)
     client = mlflow.MlflowClient()
     on_stale = FailStaleTrial(experiment_id, study_name)
