@@ -57,15 +57,18 @@ def train_command(line):
     from pipelines.data import prepare_data
     from pipelines.tracking import use_experiment
 
-    splits = prepare_data(task, variant, line.params)  # bad data is refused before the experiment is created
+    # Bad data is refused before the experiment is created.
+    if line.settings["repeats"] > 1:
+        from pipelines.repeats import prepare_repeats, run_repeats
+
+        prepared = prepare_repeats(task, variant, line.params, line.settings["repeats"])
+        use_experiment(line.settings["experiment"], task.name)
+        run_repeats(task, variant, line.params, prepared, line.settings["system_metrics_interval"])
+        return 0
+    splits = prepare_data(task, variant, line.params)
     from pipelines.train import train  # TensorFlow, once the data is known to be good
 
     use_experiment(line.settings["experiment"], task.name)
-    if line.settings["repeats"] > 1:
-        from pipelines.repeats import run_repeats
-
-        run_repeats(task, variant, line.params, line.settings["repeats"], line.settings["system_metrics_interval"])
-        return 0
     result = train(
         task,
         variant,

@@ -399,18 +399,13 @@ def run_comparison(spec, output="", experiment=""):
 
 
 def _comparison_experiment(experiment):
-    """The comparison run's experiment: the one asked for, else `comparisons` of its own, not
-    the training experiment MLFLOW_EXPERIMENT_ID may name (under `mlflow run`, the run it made).
-    One MLflow refuses (deleted, unknown id) is bad input."""
-    if not experiment:
-        tracking.open_store()
-        return None if os.environ.get("MLFLOW_RUN_ID") else tracking.experiment_of_its_own(DEFAULT_EXPERIMENT)
-    try:
+    """The comparison run's experiment: the one asked for (one MLflow refuses is bad input),
+    else `comparisons` of its own, not the training experiment MLFLOW_EXPERIMENT_ID may name
+    (under `mlflow run`, the run it made)."""
+    if experiment:
         return tracking.use_experiment(experiment, DEFAULT_EXPERIMENT)
-    except mlflow.MlflowException as error:
-        if error.error_code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
-            raise
-        raise InputError(f"experiment: {str(error.message).strip().splitlines()[0]}") from None
+    tracking.open_store()
+    return None if os.environ.get("MLFLOW_RUN_ID") else tracking.experiment_of_its_own(DEFAULT_EXPERIMENT)
 
 
 def _slug(spec):

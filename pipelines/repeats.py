@@ -27,19 +27,26 @@ SEED_TAG = "repeat.seed"  # on each child
 STATISTICS = ("mean", "std", "min", "max")
 
 
-def run_repeats(task, variant, params, repeats, system_metrics_interval=0):
-    """Train `repeats` seeds of the recipe under one parent run; return (parent run id, [TrainResult])."""
+def prepare_repeats(task, variant, params, repeats):
+    """{seed: splits} of each repeat (the validation split follows the seed): bad data is
+    refused here, before any experiment or run exists."""
     if repeats < 2:
         raise InputError(f"repeats: {repeats}: give 2 or more to train several seeds")
-    name = task.qualified_name(variant)
     seeds = [params["seed"] + offset for offset in range(repeats)]
-    prepared = [prepare_data(task, variant, {**params, "seed": seed}) for seed in seeds]  # refused before any run
+    return {seed: prepare_data(task, variant, {**params, "seed": seed}) for seed in seeds}
+
+
+def run_repeats(task, variant, params, prepared, system_metrics_interval=0):
+    """Train each seed of `prepared` (`prepare_repeats`) under one parent run; return
+    (parent run id, [TrainResult])."""
+    name = task.qualified_name(variant)
+    seeds, repeats = list(prepared), len(prepared)
     tags = {"task": task.name, "variant": variant, "model": name, PARENT_TAG: str(repeats)}
     first, last = seeds[0], seeds[-1]
     with tracking.mlflow_run(run_name=f"{name}-seeds{first}-{last}", tags=tags) as parent:
         tracking.log_new_params({**params, "repeats": repeats})
         results = []
-        for seed, splits in zip(seeds, prepared, strict=True):
+        for seed, splits in prepared.items():
             child = {**params, "seed": seed}
             results.append(train(task, variant, child, tags={SEED_TAG: str(seed)}, splits=splits))
         summary = summarize([result.metrics for result in results])
@@ -53,7 +60,20 @@ def run_repeats(task, variant, params, repeats, system_metrics_interval=0):
             }
         )
         tracking.log_figure(mean_curves([result.history for result in results]), "figures/learning_curves.png")
-    print(f"repeats {parent.info.run_id}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())))
+    metric = task.primary_metric
+    print(
+        f"repeats {parent.info.run_id} finished: {metric} {summary[f'{metric}_mean']:.4g} "
+        f"± {summary[f'{metric}_std']:.2g} over seeds {first} to {last}; median seed {seeds[median]}"
+    )
+    experiment_id = parent.info.experiment_id
+    tracking.print_links(
+        {
+            "the repeats' run": tracking.run_url(experiment_id, parent.info.run_id),
+            "compare it with the other runs": tracking.experiment_url(
+                experiment_id, tracking.share_comparison_view(experiment_id, task)
+            ),
+        }
+    )
     return parent.info.run_id, results
 
 

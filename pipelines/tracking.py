@@ -10,6 +10,7 @@ import os
 import sqlite3
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lazy_loader as lazy
@@ -219,10 +220,13 @@ def split_datasets(splits, name):
     inputs = [("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)]
     if splits.x_val is not None:
         inputs.insert(1, ("validation", splits.x_val, splits.y_val))
-    return {
-        context: mlflow.data.from_numpy(features, targets=targets, source=splits.source, name=f"{name}-{context}")
-        for context, features, targets in inputs
-    }
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and says so on every dataset: noise, not news.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return {
+            context: mlflow.data.from_numpy(features, targets=targets, source=splits.source, name=f"{name}-{context}")
+            for context, features, targets in inputs
+        }
 
 
 def log_datasets(datasets):

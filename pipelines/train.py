@@ -317,7 +317,7 @@ def train(
                 {"labels": list(splits.class_names), "matrix": matrix.tolist()},
                 "evaluation/confusion_matrix.json",
             )
-    if parent_run_id is None:  # a sweep prints its own links, once
+    if parent_run_id is None and mlflow.active_run() is None:  # a sweep or repeats print their own, once
         experiment_id = run.info.experiment_id
         tracking.print_links(
             {
