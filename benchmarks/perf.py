@@ -493,7 +493,11 @@ def report_sections(r):
             "≥ 99.3% in ≤ 66 s of training",
         ),
         ("mnist_best", f"`{BEST_MNIST}`, beyond the tutorial", "≥ 99.5%"),
-        ("fer", f"`{BEST_FER}` on FER2013", "≥ 0.60 PrivateTest accuracy in ≤ 15 min of training"),
+        (
+            "fer",
+            f"`{BEST_FER}` on FER2013",
+            "≥ 0.66 PrivateTest accuracy in ≤ 15 min of training where the stock conv_net epoch takes 8 s",
+        ),
     ):
         if key not in r:
             continue

@@ -268,7 +268,8 @@ def train(
         tracking.log_new_params(params)  # a resumed run keeps its first epochs; resume.epochs holds the new one
         tracking.log_datasets(datasets)
         mlflow.set_tag("dataset_digest", digests["train"])
-        model = build_model(task, variant, params, splits)
+        with stopping.deferred():  # building calls into TensorFlow, which calls back into Python
+            model = build_model(task, variant, params, splits)
         mlflow.log_param("num_params", model.count_params())
         early_stopping = None
         if params["patience"]:
@@ -301,7 +302,8 @@ def train(
             metrics, matrix, outputs = evaluate_model(model, task, variant, splits)
         epochs = len(history["loss"])
         model_step = early_stopping.best_epoch if early_stopping else epochs - 1  # the epoch whose weights it holds
-        model_info = tracking.log_model(model, splits.x_train, outputs, name=name, step=model_step)
+        with stopping.deferred():  # saving too
+            model_info = tracking.log_model(model, splits.x_train, outputs, name=name, step=model_step)
         # Milliseconds: the runs table shows the digits it is given.
         mlflow.log_metrics({**metrics, "train_time_s": round(train_seconds, 3)}, model_id=model_info.model_id)
         description = tracking.describe_training(

@@ -33,6 +33,9 @@ hypothesis.settings.register_profile("default", deadline=None)
 # HYPOTHESIS_PROFILE=fuzz: many more examples of the bad-input fuzzing (tests/test_bad_input.py).
 hypothesis.settings.register_profile("fuzz", deadline=None, max_examples=200)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+# The tests' `mlflow server`s start no GenAI job runner: it would add some eight processes,
+# each importing MLflow, to every server (docker/compose.yaml sets the same).
+os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
 
 
 # --- tiers ---------------------------------------------------------------------------------------
@@ -58,13 +61,17 @@ SERVICES = {"postgres": _postgres_reason, "browser": _browser_reason}
 
 
 def pytest_collection_modifyitems(config, items):
-    """The real-data checks run only when asked for (-m real_data), whatever else -m selects."""
-    if "real_data" in (config.getoption("markexpr") or ""):
-        return
-    deselected = [item for item in items if item.get_closest_marker("real_data")]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("real_data")]
+    """The real-data checks run only when asked for (-m real_data), whatever else -m selects.
+
+    The `slow` tests go first: the workers take tests in this order (`--dist=load`), so the
+    many short in-process tests come last and even out the workers' ends.
+    """
+    if "real_data" not in (config.getoption("markexpr") or ""):
+        deselected = [item for item in items if item.get_closest_marker("real_data")]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if not item.get_closest_marker("real_data")]
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files keep their order
 
 
 def pytest_runtest_setup(item):

@@ -58,3 +58,22 @@ def test_report_marks_each_target_met_or_missed_and_keeps_the_notes(perf, tmp_pa
     assert report.split(END_OF_RESULTS)[1].strip() == notes.strip()  # written by hand, kept as they were
     assert "## Changes to the defaults" in notes
     assert "## Time to accuracy" not in report.split(END_OF_RESULTS)[0]  # the old results are replaced
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    spec = importlib.util.spec_from_file_location("accuracy", PROJECT / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_fer_target_needs_the_accuracy_the_scaled_budget_and_every_class_recalled(accuracy):
+    check = accuracy.TARGETS["emotion_cnn_deep"][2]
+    # 15 minutes where the stock epoch takes 8 s; twice that on a machine where it takes 16 s.
+    budget_s = accuracy.FER_BUDGET_S * 16.0 / accuracy.REFERENCE_EPOCH_S
+    recalls = {f"test_recall_{name}": 0.5 for name in ("Angry", "Disgust", "Happy")}
+    assert check({"test_accuracy": 0.67, "train_time_s": 1799, **recalls}, budget_s)
+    assert not check({"test_accuracy": 0.67, "train_time_s": 1801, **recalls}, budget_s)
+    assert not check({"test_accuracy": 0.65, "train_time_s": 600, **recalls}, budget_s)
+    assert not check({"test_accuracy": 0.67, "train_time_s": 600, **recalls, "test_recall_Disgust": 0.0}, budget_s)

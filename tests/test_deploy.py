@@ -95,6 +95,7 @@ def test_the_stack_persists_its_data_and_publishes_only_on_loopback():
     assert "ports" not in postgres  # the database is reached on the stack's network only
     assert server["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://mlflow@postgres:5432/")
     assert server["environment"]["MLFLOW_SERVE_ARTIFACTS"] == "true"
+    assert server["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # no idle job workers
     destination = server["environment"]["MLFLOW_ARTIFACTS_DESTINATION"]
     assert f"mlflow-artifacts:{destination}" in server["volumes"] and "mlflow-artifacts" in volumes
     for service in services.values():
