@@ -277,8 +277,8 @@ def warn_of_missing_classes(splits):
             print(f"warning: {source}: no {split} images of class {name}; {consequence}", file=sys.stderr)
 
 
-# AutoContrast stretches every face to the full 0-255 range, in training and serving alike:
-# faces photographed in flat light then look like the rest.
+# `emotion_cnn` stretches every face to the full 0-255 range (AutoContrast), in training and
+# serving alike: faces photographed in flat light then look like the rest.
 # The tutorial's ImageDataGenerator(rescale, shear, zoom, horizontal_flip) as Keras 3 layers;
 # they are active only in training, so the logged model takes raw pixels.
 # Shear is one-sided, (0, SHEAR): Keras 3.15 saves a symmetric factor as [-0.1, 0.1] and then
