@@ -18,12 +18,17 @@ from report import END_OF_RESULTS
 CONV_NET_MACS = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 64 * 10
 
 
-@pytest.fixture(scope="module")
-def perf():
-    spec = importlib.util.spec_from_file_location("perf", PROJECT / "benchmarks" / "perf.py")
+def benchmark_script(name):
+    """benchmarks/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def perf():
+    return benchmark_script("perf")
 
 
 def test_training_flops_count_forward_and_backward_through_conv_and_dense_layers(perf):
@@ -62,10 +67,7 @@ def test_report_marks_each_target_met_or_missed_and_keeps_the_notes(perf, tmp_pa
 
 @pytest.fixture(scope="module")
 def accuracy():
-    spec = importlib.util.spec_from_file_location("accuracy", PROJECT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("accuracy")
 
 
 def test_the_fer_target_needs_the_accuracy_the_scaled_budget_and_every_class_recalled(accuracy):
