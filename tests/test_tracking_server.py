@@ -39,22 +39,11 @@ def server(tmp_path, monkeypatch, migrated_store):
 
 
 @pytest.mark.slow
-def test_training_against_a_tracking_server(server):
+def test_training_through_the_server_resumes_from_another_folder_with_its_first_files_gone(server, tmp_path, mnist_npz):
+    """The first machine trains 2 epochs, its files proxied to the server's artifact store, and
+    is gone; another, with its own copy of the data, gives the finished run a third epoch from
+    the checkpoint the server keeps."""
     url, artifacts = server
-    completed = run_cli("train", "--task", "iris", "--epochs", "2")
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    client = mlflow.MlflowClient(url)
-    (run,) = client.search_runs([client.get_experiment_by_name("iris").experiment_id])
-    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "loss")) == 2
-    assert "figures/learning_curves.png" in {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
-    assert any(artifacts.rglob("learning_curves.png"))  # proxied to the server's artifact store
-
-
-@pytest.mark.slow
-def test_a_run_resumes_through_the_server_from_another_folder_with_its_first_files_gone(server, tmp_path, mnist_npz):
-    """The first machine trains 2 epochs and is gone; another, with its own copy of the data,
-    gives the finished run a third epoch from the checkpoint the server keeps."""
-    url, _ = server
     recipe = ["--task", "mnist_cnn", "--batch_size", "16", "--filters", "4", "--units", "8"]
     first, second = tmp_path / "first-machine", tmp_path / "second-machine"
     for folder in (first, second):
@@ -63,7 +52,10 @@ def test_a_run_resumes_through_the_server_from_another_folder_with_its_first_fil
     completed = run_cli("train", *recipe, "--epochs", "2", "--data", first / "mnist.npz", cwd=first)
     assert completed.returncode == 0, completed.stderr[-3000:]
     client = mlflow.MlflowClient(url)
-    (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])  # the task's experiment
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    assert "figures/learning_curves.png" in {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert any(artifacts.rglob("learning_curves.png"))  # proxied to the server's artifact store
     shutil.rmtree(first)
 
     completed = run_cli(

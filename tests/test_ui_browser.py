@@ -111,7 +111,17 @@ def visible_text(dom):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_ui_lists_the_runs_and_shows_the_champion(chromium, ui_server, store, tmp_path):
+def test_the_ui_shows_our_runs_the_champion_and_the_links_the_commands_print(
+    chromium, ui_server, store, tiny, tmp_path, capsys, monkeypatch
+):
+    """One server, two parts: what the store holds, then what a user reaches from the printed links."""
+    runs_and_champion(chromium, ui_server, store, tmp_path)
+    capsys.readouterr()  # the links checked next are those of the second part's commands
+    printed_links(chromium, ui_server, store, tiny, tmp_path, capsys, monkeypatch)
+
+
+def runs_and_champion(chromium, ui_server, store, tmp_path):
+    """The experiment's runs, a run's system metrics, and the registered model's champion."""
     # The first trains for a few seconds, sampling system metrics every second.
     assert main(["train", "--task", "xor", "--epochs", "400", "--system_metrics_interval", "1"]) == 0
     assert main(["train", "--task", "xor", "--epochs", "2"]) == 0
@@ -162,13 +172,10 @@ def rows_in_order(dom):
     return [rows[index] for index in sorted(rows, key=int)]
 
 
-@pytest.mark.slow
-@pytest.mark.browser
-def test_the_printed_link_opens_the_comparison_and_the_sweep_links_its_best_trial(
-    chromium, ui_server, store, tiny, tmp_path, capsys, monkeypatch
-):
-    """What a user meets: tiny runs of two tasks and a small sweep, through a real `mlflow server`,
-    each task in its own experiment; the links the commands print, opened in Chromium."""
+def printed_links(chromium, ui_server, store, tiny, tmp_path, capsys, monkeypatch):
+    """The printed link opens the comparison, and the sweep links its best trial. What a user
+    meets: tiny runs of two tasks and a small sweep, through a real `mlflow server`, each task
+    in its own experiment; the links the commands print, opened in Chromium."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ui_server)
     mlflow.set_tracking_uri(ui_server)
 
