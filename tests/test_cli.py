@@ -1,5 +1,6 @@
 """The entry points as users call them: `python -m pipelines`, `mlflow run`, Ctrl-C and SIGTERM."""
 
+import shlex
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from mlflow.projects._project_spec import load_project
 
 from experiments import entry_points
 from experiments.mnist import load_mnist
@@ -130,7 +132,7 @@ def test_bad_input_in_a_real_process_has_no_traceback(store):
 
 
 @pytest.mark.slow
-def test_mlflow_run_trains_an_entry_point_and_the_generic_train_one(store, tiny, mnist_npz):
+def test_mlflow_run_trains_an_entry_point_and_logs_a_model_that_predicts_its_metric(store, tiny, mnist_npz):
     completed = mlflow_run("mnist_cnn", **tiny.overrides("mnist_cnn", epochs=3))
     assert completed.returncode == 0, completed.stderr[-3000:]
     (run,) = runs(store)
@@ -147,12 +149,17 @@ def test_mlflow_run_trains_an_entry_point_and_the_generic_train_one(store, tiny,
     predicted = np.asarray(model.predict(splits.x_test)).argmax(axis=1)  # the logged metric is the model's
     assert run.data.metrics["test_accuracy"] == pytest.approx(np.mean(predicted == splits.y_test))
 
-    completed = mlflow_run("train", task="mnist", variant="cnn_bn", **tiny.overrides("mnist_cnn_bn", filters=4))
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    by_variant = {run.data.tags["variant"]: run for run in runs(store)}
-    assert set(by_variant) == {"cnn", "cnn_bn"}
-    assert by_variant["cnn_bn"].info.status == "FINISHED"
-    assert by_variant["cnn_bn"].data.params["filters"] == "4" and "test_accuracy" in by_variant["cnn_bn"].data.metrics
+
+def test_the_generic_train_entry_point_trains_any_variant_with_the_parameters_it_passes_on(store, tiny):
+    """`mlflow run . -e train -P task=mnist -P variant=cnn_bn -P filters=4 ...`: the command MLflow
+    builds from MLproject (-P values it does not list are passed on), run as the entry point runs it."""
+    params = {"task": "mnist", "variant": "cnn_bn", **tiny.overrides("mnist_cnn_bn", filters=4)}
+    command = load_project(str(PROJECT)).get_entry_point("train").compute_command(params, storage_dir=None)
+    assert command.startswith("python -m pipelines train ") and "--filters 4" in command
+    assert main(shlex.split(command)[3:]) == 0  # the words after `python -m pipelines`
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and (run.data.tags["task"], run.data.tags["variant"]) == ("mnist", "cnn_bn")
+    assert run.data.params["filters"] == "4" and "test_accuracy" in run.data.metrics
 
 
 # What a command imports: no TensorFlow where nothing trains, no MLflow where nothing is tracked.
