@@ -9,6 +9,7 @@ import logging
 import os
 import sqlite3
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -249,6 +250,23 @@ def log_inputs_racing(datasets, contexts):
                 raise
 
 
+@functools.cache
+def map_installed_packages():
+    """Start MLflow's map of the installed packages, once per process, in a thread.
+
+    Logging a model checks its pinned requirements against this environment, and MLflow
+    first maps every installed package to its modules: about 1 s of Python here, paid in each
+    run's last steps. Started as training starts, it runs while TensorFlow's kernels leave the
+    GIL free. `log_model` joins it. (A private MLflow function: if it moves, nothing is started
+    and MLflow builds the map in `log_model`, as it would anyway.)"""
+    from mlflow.utils import requirements_utils
+
+    build = getattr(requirements_utils, "_init_modules_to_packages_map", None)
+    thread = threading.Thread(target=build or (lambda: None), name="installed-packages", daemon=True)
+    thread.start()
+    return thread
+
+
 def log_model(model, examples, outputs, name="model", step=0):
     """Log the Keras model (named after its entry point) with its signature, an input
     example and pinned requirements.
@@ -256,6 +274,7 @@ def log_model(model, examples, outputs, name="model", step=0):
     The signature's output side comes from `outputs` the model already predicted:
     another predict call here would cost a trace of the predict function. MLflow attaches
     the run's metrics at `step` to the model: the last epoch's, not the first's."""
+    map_installed_packages().join()
     example = examples[:INPUT_EXAMPLE_ROWS]
     backend = keras.backend.backend()
     requirements = [f"keras=={keras.__version__}"] + [

@@ -278,6 +278,7 @@ def train(
             early_stopping = keras.callbacks.EarlyStopping(
                 monitor=monitor, mode=mode, patience=params["patience"], restore_best_weights=True
             )
+        tracking.map_installed_packages()  # for log_model, while training runs
         with tempfile.TemporaryDirectory(prefix="checkpoint-") as workdir:
             checkpoint = checkpoints.RunCheckpoint(run.info.run_id, workdir, early_stopping, restored)
             start = time.perf_counter()
