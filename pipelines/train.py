@@ -265,9 +265,11 @@ def train(
         system_metrics_interval=system_metrics_interval,
         run_id=resume_run_id or None,
     ) as run:
-        tracking.log_new_params(params)  # a resumed run keeps its first epochs; resume.epochs holds the new one
-        tracking.log_datasets(datasets)
-        mlflow.set_tag("dataset_digest", digests["train"])
+        # A sweep's workers start their trials at once: a write the busy store refuses is tried again.
+        # (A resumed run keeps its first epochs' params; resume.epochs holds the new count.)
+        tracking.retrying(lambda: tracking.log_new_params(params))
+        tracking.retrying(lambda: tracking.log_datasets(datasets))
+        tracking.retrying(lambda: mlflow.set_tag("dataset_digest", digests["train"]))
         with stopping.deferred():  # building calls into TensorFlow, which calls back into Python
             model = build_model(task, variant, params, splits)
         mlflow.log_param("num_params", model.count_params())

@@ -474,7 +474,8 @@ def test_a_stop_ends_every_worker_and_the_same_command_resumes(signum, to_group,
 def test_timeout_stops_starting_trials(store, tiny, tmp_path, capsys):
     started = time.time()
     # 50 trials would take fresh worker processes; trials_per_process=0 keeps them all in this one.
-    settings = options(storage=tmp_path / "optuna.journal", n_trials=50, timeout=2, trials_per_process=0)
+    # The timeout counts from the sweep's start, the worker's first import of Keras included.
+    settings = options(storage=tmp_path / "optuna.journal", n_trials=50, timeout=10, trials_per_process=0)
     result = sweep(*tiny.argv("xor", epochs=2), *settings)
     assert result == 0 and time.time() - started < 60
     (parent,) = study_runs(store, "study")
