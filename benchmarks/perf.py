@@ -344,6 +344,7 @@ def measure_throughput(data_dir, repeats):
         **{f"{name}_images_s": median(steps) * images_per_step for name, steps in steps_s.items()},
         **{f"{name}_steps_s": median(steps) for name, steps in steps_s.items()},
         "input_ratio": median(b / a for a, b in zip(steps_s["in_memory"], steps_s["loader"], strict=True)),
+        "steps_s_by_repeat": steps_s,  # each repeat's sides ran one after the other: paired
     }
 
 
