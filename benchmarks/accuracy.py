@@ -128,7 +128,7 @@ def run_one(name, data_dir, budget_s=None):
         "passed": passed,
         "budget_s": budget_s,
         "recall": recalls(metrics),
-        "raw": {**metrics, "train_time_s": metrics["train_time_s"]},
+        "raw": dict(metrics),  # every metric: the target is checked again on the final budget
         "train_time_s": metrics["train_time_s"],
         "wall_time_s": wall,
         "epochs": run.data.params["epochs"],
@@ -220,7 +220,7 @@ def main():
         if name in BUDGETS:
             budget_s = BUDGETS[name] * (before + after) / 2 / REFERENCE_EPOCH_S
             results[name]["budget_s"] = budget_s
-            results[name]["passed"] = TARGETS[name][2]({**results[name]["raw"]}, budget_s)
+            results[name]["passed"] = TARGETS[name][2](results[name]["raw"], budget_s)
     results_file.write_text(json.dumps(results, indent=2))
     write_report(results)
 

@@ -258,8 +258,8 @@ def test_one_prediction_pass_gives_the_metrics_keras_evaluate_gives(name, tiny):
     assert (matrix is None) == (task.kind == "regression")
 
 
-@pytest.mark.parametrize("blurred", ["train", "test"])
-def test_loader_warns_when_training_and_test_faces_differ_in_sharpness(blurred, fer_folder, capsys):
+@pytest.mark.parametrize(("blurred", "split"), [("train", "training"), ("test", "test")])
+def test_loader_warns_when_training_and_test_faces_differ_in_sharpness(blurred, split, fer_folder, capsys):
     load_fer2013(fer_folder, seed=0)
     assert "sharpness" not in capsys.readouterr().err
     for path in (fer_folder / blurred).rglob("*.jpg"):
@@ -268,4 +268,4 @@ def test_loader_warns_when_training_and_test_faces_differ_in_sharpness(blurred, 
     load_fer2013(fer_folder, seed=0)
     warning = capsys.readouterr().err
     assert "training and test images differ in sharpness" in warning and str(fer_folder) in warning
-    assert f"the {blurred}{'ing' if blurred == 'train' else ''} images are blurrier" in warning
+    assert f"the {split} images are blurrier" in warning
