@@ -2,7 +2,7 @@
 
     mlflow run . -e workflow --env-manager local -P task=mnist_cnn -P n_trials=20
 
-Like MLflow's multistep-workflow example, each step is launched with `mlflow.projects.run`
+Like MLflow's multistep-workflow example, each step is launched as `mlflow.projects.run` launches it,
 inside the workflow's run, so the steps' runs nest under it; each step's run is also
 tagged with the run of the step before it.
 """
@@ -106,14 +106,7 @@ def _run_steps(task, variant, experiment_id, entry_point, steps):
                 f"workflow step {step}: mlflow run . -e {step} " + " ".join(f"-P {k}={v}" for k, v in shown.items()),
                 flush=True,
             )
-            submitted = mlflow.projects.run(
-                str(PROJECT_DIR),
-                step,
-                parameters=parameters,
-                env_manager="local",
-                experiment_id=experiment_id,
-                synchronous=False,
-            )
+            submitted = start_step(step, parameters, experiment_id)
             wait_for_step(step, submitted, client)
             if run_ids:
                 previous_step = list(run_ids)[-1]
@@ -123,6 +116,31 @@ def _run_steps(task, variant, experiment_id, entry_point, steps):
     print(f"workflow {entry_point} finished: " + ", ".join(f"{step} run {run_id}" for step, run_id in run_ids.items()))
     print(f"serve the champion: mlflow models serve -m models:/{entry_point}@champion --env-manager local")
     return run_ids
+
+
+def start_step(step, parameters, experiment_id):
+    """Start a step as `mlflow.projects.run` does (its run, params and tags, nested under the
+    active run) and return its SubmittedRun without waiting for it. Asked to be synchronous,
+    MLflow's local backend starts the step's command itself, and `mlflow.projects.run` then
+    waits, marking a step stopped by Ctrl-C FAILED; asked not to be, the backend starts an
+    `mlflow run` process to start the command (seconds of imports for each step)."""
+    from mlflow.projects import utils
+    from mlflow.projects.backend import loader
+
+    backend_config = {
+        utils.PROJECT_ENV_MANAGER: "local",
+        utils.PROJECT_SYNCHRONOUS: True,
+        utils.PROJECT_DOCKER_ARGS: None,
+        utils.PROJECT_STORAGE_DIR: None,
+        utils.PROJECT_BUILD_IMAGE: False,
+        utils.PROJECT_DOCKER_AUTH: None,
+    }
+    tracking_uri = mlflow.get_tracking_uri()
+    submitted = loader.load_backend("local").run(
+        str(PROJECT_DIR), step, parameters, None, backend_config, tracking_uri, experiment_id
+    )
+    mlflow.MlflowClient().set_tag(submitted.run_id, "mlflow.project.backend", "local")  # as mlflow.projects.run tags it
+    return submitted
 
 
 def wait_for_step(step, submitted, client):

@@ -304,7 +304,7 @@ def test_the_champion_serves_predictions_over_rest(store, good_and_bad):
 @pytest.mark.slow
 def test_mlflow_run_workflow_sweeps_promotes_and_compares(store, tmp_path):
     journal = tmp_path / "optuna.journal"
-    completed = mlflow_run("workflow", timeout=900, task="xor", n_trials=2, epochs=3, storage=journal)
+    completed = mlflow_run("workflow", timeout=900, task="xor", n_trials=2, epochs=3, batch_size=2, storage=journal)
     assert completed.returncode == 0, completed.stderr[-3000:]
     by_step = {}
     for run in runs(store):
@@ -317,7 +317,14 @@ def test_mlflow_run_workflow_sweeps_promotes_and_compares(store, tmp_path):
     assert promotion.data.tags["workflow.sweep_run_id"] == sweep.info.run_id
     assert comparison.data.tags["workflow.promote_run_id"] == promotion.info.run_id
     assert workflow.data.tags["workflow.compare_run_id"] == comparison.info.run_id
-    assert all(run.data.params["epochs"] == "3" for run in runs(store) if run.data.tags.get("sweep") == "trial")
+    # The sweep step's run, which `mlflow run` created, is the study run: the trials nest under it,
+    # with the training parameters the workflow passed on.
+    assert sweep.data.tags["sweep"] == "study"
+    trials = [run for run in runs(store) if run.data.tags.get("sweep") == "trial"]
+    assert sorted(int(run.data.tags["optuna.trial_number"]) for run in trials) == [0, 1]
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+        assert run.data.params["epochs"] == "3" and run.data.params["batch_size"] == "2"
 
     champion = store.get_model_version_by_alias("xor", "champion")
     assert champion.tags["study"] == "xor" and champion.tags["sweep_run_id"] == sweep.info.run_id

@@ -21,7 +21,7 @@ from pipelines.cli import main
 from pipelines.params import declared_params, parse_params
 from pipelines.sweeps import search_space as spaces
 from pipelines.sweeps.storage import open_storage, worker_id
-from tests.helpers import mlflow_run, no_traceback, options, runs, start
+from tests.helpers import no_traceback, options, runs, start
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LONG_TRIAL = {"epochs": 100, "batch_size": 1}  # xor's trials run long enough to be caught running
@@ -258,19 +258,6 @@ def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(store, tiny, tmp_pa
     assert parent.data.metrics["trials_failed"] == 1 and parent.info.status == "FINISHED"
 
 
-@pytest.mark.slow
-def test_mlflow_run_sweep_makes_its_run_the_study_run(store, tmp_path):
-    completed = mlflow_run("sweep", task="xor", n_trials=2, epochs=3, storage=tmp_path / "optuna.journal", batch_size=2)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    (parent,) = study_runs(store, "study")
-    assert parent.data.tags["mlflow.project.entryPoint"] == "sweep" and parent.info.status == "FINISHED"
-    trials = trial_runs_by_number(store)
-    assert sorted(trials) == [0, 1]
-    for (run,) in trials.values():
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.data.params["batch_size"] == "2" and run.data.params["epochs"] == "3"
-
-
 # --- worker processes -----------------------------------------------------------------------
 
 
@@ -317,39 +304,6 @@ def check_exactly_n_trials(store, study, n_trials):
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert not [run for run in runs(store) if run.info.status == "RUNNING"]
     return trials
-
-
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_two_workers_on_postgres_run_exactly_n_trials_and_never_log_the_password(
-    store, tiny, postgres_url, start_sweep
-):
-    url_with_password = postgres_url.replace("postgres@", "postgres:hunter2@")  # trust auth ignores it
-    settings = options(storage=url_with_password, workers=2, n_trials=5, pruner="none", study_name="xor-pg")
-    sweep_process = start_sweep(*tiny.argv("xor", epochs=30), *settings)
-    out, err = sweep_process.communicate(timeout=600)
-    assert sweep_process.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name="xor-pg", storage=postgres_url)
-    check_exactly_n_trials(store, study, 5)
-    assert len({trial.user_attrs["worker"] for trial in study.trials}) == 2  # both workers took trials
-    assert "hunter2" not in out + err
-    for run in runs(store):
-        assert "hunter2" not in json.dumps({**run.data.params, **run.data.tags})
-    (parent,) = study_runs(store, "study")
-    assert parent.data.params["storage"].endswith(":***@127.0.0.1:5432/" + postgres_url.rsplit("/", 1)[1])
-
-
-@pytest.mark.slow
-def test_a_worker_hands_over_to_a_fresh_process_after_its_trials_per_process(store, tiny, tmp_path, start_sweep):
-    journal = str(tmp_path / "optuna.journal")
-    settings = options(storage=journal, n_trials=2, trials_per_process=1, sampler="random", study_name="xor-fresh")
-    sweep_process = start_sweep(*tiny.argv("xor", epochs=2), *settings, *options(pruner="none"))
-    _, err = sweep_process.communicate(timeout=600)
-    assert sweep_process.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name="xor-fresh", storage=open_storage(journal, 1, None))
-    check_exactly_n_trials(store, study, 2)
-    assert len({trial.user_attrs["worker"] for trial in study.trials}) == 2  # a process per trial
-    assert len({tuple(sorted(trial.params.items())) for trial in study.trials}) == 2  # each its own seed
 
 
 def _processes(*pids):
@@ -408,12 +362,19 @@ def test_a_sigkilled_coordinator_stops_its_workers_and_reap_fails_its_run(store,
 def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
     storage, store, tiny, tmp_path, request, start_sweep
 ):
-    url = str(tmp_path / "optuna.journal") if storage == "journal" else request.getfixturevalue("postgres_url")
-    settings = options(storage=url, workers=2, n_trials=3, pruner="none", study_name="xor-kill", heartbeat_interval=1)
-    sweep_process = start_sweep(*tiny.argv("xor", **CHECKPOINTED_TRIAL), *settings)
+    """Two workers, each handing over to a fresh process after every trial; one is SIGKILLed
+    mid-trial. On PostgreSQL the URL carries a password (trust auth ignores it) that nothing logs."""
+    if storage == "journal":
+        url = logged_url = str(tmp_path / "optuna.journal")
+    else:
+        logged_url = request.getfixturevalue("postgres_url")
+        url = logged_url.replace("postgres@", "postgres:hunter2@")
+        logged_url = logged_url.replace("postgres@", "postgres:***@")
+    settings = options(storage=url, workers=2, n_trials=3, trials_per_process=1, pruner="none", study_name="xor-kill")
+    sweep_process = start_sweep(*tiny.argv("xor", **CHECKPOINTED_TRIAL), *settings, *options(heartbeat_interval=1))
     killed, pid = wait_for_running_trial(load_study_when_created("xor-kill", url), store, checkpointed=True)
     os.kill(pid, signal.SIGKILL)
-    _out, err = sweep_process.communicate(timeout=600)
+    out, err = sweep_process.communicate(timeout=600)
 
     assert sweep_process.returncode == 0, err[-3000:]
     assert "was killed by SIGKILL" in err
@@ -422,6 +383,10 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert retried and retried[0].state in FINISHED and retried[0].params == killed.params
     trials = check_exactly_n_trials(store, study, 3)
+    # A process per trial, each sampling with its own seed (a retry repeats its trial's point).
+    assert len({trial.user_attrs["worker"] for trial in study.trials}) == len(study.trials)
+    sampled = [tuple(sorted(t.params.items())) for t in study.trials if t.number != retried[0].number]
+    assert len(set(sampled)) == len(sampled)
     (killed_run,) = trials[killed.number]
     assert killed_run.info.status == "FAILED" and killed_run.data.tags["optuna.trial_state"] == "FAIL"
     # The retry went on from the killed trial's last checkpoint, in a run of its own that
@@ -433,6 +398,12 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
     epochs = CHECKPOINTED_TRIAL["epochs"]
     assert [m.step for m in store.get_metric_history(retry_run.info.run_id, "loss")] == list(range(epochs))
     assert sorted(retried[0].intermediate_values) == list(range(epochs))
+
+    assert "hunter2" not in out + err
+    for run in runs(store):
+        assert "hunter2" not in json.dumps({**run.data.params, **run.data.tags})
+    (parent,) = study_runs(store, "study")
+    assert parent.data.params["storage"] == logged_url
 
 
 @pytest.mark.slow

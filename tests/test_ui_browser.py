@@ -123,7 +123,7 @@ def test_the_ui_shows_our_runs_the_champion_and_the_links_the_commands_print(
 def runs_and_champion(chromium, ui_server, store, tmp_path):
     """The experiment's runs, a run's system metrics, and the registered model's champion."""
     # The first trains for a few seconds, sampling system metrics every second.
-    assert main(["train", "--task", "xor", "--epochs", "400", "--system_metrics_interval", "1"]) == 0
+    assert main(["train", "--task", "xor", "--epochs", "60", "--system_metrics_interval", "1"]) == 0
     assert main(["train", "--task", "xor", "--epochs", "2"]) == 0
     experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
     runs = store.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
