@@ -126,6 +126,7 @@ def start_step(step, parameters, experiment_id):
     `mlflow run` process to start the command (seconds of imports for each step)."""
     from mlflow.projects import utils
     from mlflow.projects.backend import loader
+    from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND
 
     backend_config = {
         utils.PROJECT_ENV_MANAGER: "local",
@@ -139,13 +140,13 @@ def start_step(step, parameters, experiment_id):
     submitted = loader.load_backend("local").run(
         str(PROJECT_DIR), step, parameters, None, backend_config, tracking_uri, experiment_id
     )
-    mlflow.MlflowClient().set_tag(submitted.run_id, "mlflow.project.backend", "local")  # as mlflow.projects.run tags it
+    mlflow.MlflowClient().set_tag(submitted.run_id, MLFLOW_PROJECT_BACKEND, "local")  # as mlflow.projects.run tags it
     return submitted
 
 
 def wait_for_step(step, submitted, client):
     """Wait for a step's process. The step ends its own run; a run it left RUNNING (it died)
-    is ended here. (MLflow's own wait would overwrite the status the step set, KILLED included.)"""
+    is ended here, KILLED if the workflow was stopped. (MLflow's own wait would end it FAILED.)"""
     try:
         succeeded = submitted.wait()
     except KeyboardInterrupt:
