@@ -317,9 +317,9 @@ def test_mlflow_run_workflow_sweeps_promotes_and_compares(store, tmp_path):
     assert promotion.data.tags["workflow.sweep_run_id"] == sweep.info.run_id
     assert comparison.data.tags["workflow.promote_run_id"] == promotion.info.run_id
     assert workflow.data.tags["workflow.compare_run_id"] == comparison.info.run_id
-    # The sweep step's run, which `mlflow run` created, is the study run: the trials nest under it,
-    # with the training parameters the workflow passed on.
-    assert sweep.data.tags["sweep"] == "study"
+    # The sweep step's run, created by MLflow's launcher before the step started, is the only
+    # study run: the trials nest under it, with the training parameters the workflow passed on.
+    assert [run.info.run_id for run in runs(store) if run.data.tags.get("sweep") == "study"] == [sweep.info.run_id]
     trials = [run for run in runs(store) if run.data.tags.get("sweep") == "trial"]
     assert sorted(int(run.data.tags["optuna.trial_number"]) for run in trials) == [0, 1]
     for run in trials:
