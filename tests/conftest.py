@@ -63,8 +63,9 @@ SERVICES = {"postgres": _postgres_reason, "browser": _browser_reason}
 def pytest_collection_modifyitems(config, items):
     """The real-data checks run only when asked for (-m real_data), whatever else -m selects.
 
-    The `slow` tests go first: the workers take tests in this order (`--dist=load`), so the
-    many short in-process tests come last and even out the workers' ends.
+    The `slow` tests go first: each worker starts on its share of this order and takes tests
+    from the end of the busiest one's when it runs dry (`--dist=worksteal`), so the many short
+    in-process tests come last and even out the workers' ends.
     """
     if "real_data" not in (config.getoption("markexpr") or ""):
         deselected = [item for item in items if item.get_closest_marker("real_data")]
