@@ -383,6 +383,7 @@ def measure_time_to_accuracy(data_dir, name, params):
         "first_990": next((i + 1 for i, a in enumerate(by_epoch) if a >= 0.99), None),
         "first_993": next((i + 1 for i, a in enumerate(by_epoch) if a >= 0.993), None),
         "first_995": next((i + 1 for i, a in enumerate(by_epoch) if a >= 0.995), None),
+        "first_996": next((i + 1 for i, a in enumerate(by_epoch) if a >= 0.996), None),
         "by_epoch": by_epoch,
         "epoch_ends_s": epoch_ends,
         "recall": {
@@ -506,7 +507,11 @@ def report_sections(r):
             "`mnist_cnn`, the tutorial's conv_net, default recipe",
             "≥ 99.3% in ≤ 66 s of training",
         ),
-        ("mnist_best", f"`{BEST_MNIST}`, beyond the tutorial", "≥ 99.5%"),
+        (
+            "mnist_best",
+            f"`{BEST_MNIST}`, beyond the tutorial",
+            "≥ 99.6% in ≤ 5 min of training where the stock conv_net epoch takes 8 s",
+        ),
         (
             "fer",
             f"`{BEST_FER}` on FER2013",
@@ -520,7 +525,10 @@ def report_sections(r):
         if key == "fer":
             detail = "Per-class recall: " + ", ".join(f"{n} {v:.2f}" for n, v in t["recall"].items()) + "."
         else:
-            detail = f"First epoch at 99.0%: {t['first_990']}; at 99.3%: {t['first_993']}; at 99.5%: {t['first_995']}."
+            detail = (
+                f"First epoch at 99.0%: {t['first_990']}; at 99.3%: {t['first_993']}; at 99.5%: {t['first_995']}; "
+                f"at 99.6%: {t.get('first_996')}."
+            )
         lines += [
             "",
             f"## Time to accuracy: {title}",

@@ -79,3 +79,11 @@ def test_the_fer_target_needs_the_accuracy_the_scaled_budget_and_every_class_rec
     assert not check({"test_accuracy": 0.67, "train_time_s": 1801, **recalls}, budget_s)
     assert not check({"test_accuracy": 0.65, "train_time_s": 600, **recalls}, budget_s)
     assert not check({"test_accuracy": 0.67, "train_time_s": 600, **recalls, "test_recall_Disgust": 0.0}, budget_s)
+
+
+def test_the_best_mnist_target_needs_996_within_five_scaled_minutes(accuracy):
+    check = accuracy.TARGETS["mnist_cnn_bn"][2]
+    budget_s = accuracy.BUDGETS["mnist_cnn_bn"] * 12.0 / accuracy.REFERENCE_EPOCH_S  # 450 s where an epoch takes 12 s
+    assert check({"test_accuracy": 0.9960, "train_time_s": 449}, budget_s)
+    assert not check({"test_accuracy": 0.9960, "train_time_s": 451}, budget_s)
+    assert not check({"test_accuracy": 0.9959, "train_time_s": 200}, budget_s)

@@ -128,7 +128,7 @@ def test_defaults_layer_common_then_task_then_variant_then_the_user():
     merged = recipe(task, variant, parse_params(task, variant, {"learning_rate": "0.01"}), {"learning_rate": "0.01"})
     params, set_by = merged["params"], merged["set_by"]
     assert params["seed"] == TRAINING_PARAMS["seed"].default and "seed" in set_by["common"]
-    assert params["epochs"] == 20 and "epochs" in set_by["variant"]  # cnn_bn's own, over the cnn recipe's 8
+    assert params["epochs"] == 24 and "epochs" in set_by["variant"]  # cnn_bn's own, over the fast recipe's 6
     assert params["learning_rate"] == 0.01 and set_by["command line"] == ["learning_rate"]
     churn = recipe(*resolve("churn"), parse_params(*resolve("churn"), {}), {})
     assert churn["params"]["batch_size"] == 10 and "batch_size" in churn["set_by"]["task"]
