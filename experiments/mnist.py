@@ -301,7 +301,8 @@ TASK = Task(
         ),
         "cnn_bn": Variant(
             build=conv_net,
-            description="conv_net with batch normalization after every convolution, trained on shifted images",
+            description="conv_net with batch normalization after every convolution, dense 128 with dropout, "
+            "trained on shifted images",
             knobs=CONV_NET_KNOBS,
             fixed={"conv_dropout": 0.0, "l1": 0.0, "l2": 0.0, "batch_norm": True},
             # Beyond the tutorial: batch norm, a wider dense layer with dropout, and mnist_cnn's fast
