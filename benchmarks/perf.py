@@ -525,10 +525,9 @@ def report_sections(r):
         if key == "fer":
             detail = "Per-class recall: " + ", ".join(f"{n} {v:.2f}" for n, v in t["recall"].items()) + "."
         else:
-            detail = (
-                f"First epoch at 99.0%: {t['first_990']}; at 99.3%: {t['first_993']}; at 99.5%: {t['first_995']}; "
-                f"at 99.6%: {t.get('first_996')}."
-            )
+            firsts = {"99.0": "first_990", "99.3": "first_993", "99.5": "first_995", "99.6": "first_996"}
+            reached = [f"{level}%: {t.get(field) or 'not reached'}" for level, field in firsts.items()]
+            detail = "First epoch at " + "; at ".join(reached) + "."
         lines += [
             "",
             f"## Time to accuracy: {title}",
