@@ -195,7 +195,7 @@ MLP_TRAINING = {"epochs": 15, "batch_size": 128, "optimizer": "adam", "learning_
 # Cosine decay gets the tutorial's conv_net past 99% in 12 epochs, where a constant rate needs far more.
 CNN_TRAINING = {"epochs": 12, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "lr_schedule": "cosine"}
 # The tutorial's conv_net to 99.3% in a tenth of the tutorial's 60 epochs: 6 epochs of
-# batches of 256 at twice that rate (benchmarks/accuracy.md; 8 epochs of 128 took 0.114).
+# batches of 256 from 0.008 (benchmarks/accuracy.md; 8 epochs of 128 from 0.004 took 0.114).
 CONV_NET_FAST = {"epochs": 6, "batch_size": 256, "learning_rate": 0.008, "shift": 0.1}
 
 # The builders' knobs: what `-P name=value` sets and a sweep may tune.

@@ -367,7 +367,8 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_the_study_completes(
     url = logged_url = str(tmp_path / "optuna.journal")
     if storage == "postgres":
         server = request.getfixturevalue("postgres_url")
-        url, logged_url = (server.replace("postgres@", f"postgres:{password}@") for password in ("hunter2", "***"))
+        url = server.replace("postgres@", "postgres:hunter2@")
+        logged_url = server.replace("postgres@", "postgres:***@")
     settings = options(storage=url, workers=2, n_trials=3, trials_per_process=1, pruner="none", study_name="xor-kill")
     sweep_process = start_sweep(*tiny.argv("xor", **CHECKPOINTED_TRIAL), *settings, *options(heartbeat_interval=1))
     killed, pid = wait_for_running_trial(load_study_when_created("xor-kill", url), store, checkpointed=True)
