@@ -340,6 +340,7 @@ def measure_throughput(data_dir, repeats):
     images_per_step = first["train_examples"] / first["steps_per_epoch"]
     return {
         "matmul_gflops": matmul_gflops(),
+        "batch_size": round(images_per_step),  # the last, partial batch aside
         "flops_per_example": first["flops"],
         **{f"{name}_images_s": median(steps) * images_per_step for name, steps in steps_s.items()},
         **{f"{name}_steps_s": median(steps) for name, steps in steps_s.items()},
@@ -467,7 +468,7 @@ def report_sections(r):
             f"`mnist_cnn` costs {t['flops_per_example'] / 1e6:.1f} MFLOP per training image (forward and backward "
             f"through its conv and dense layers). float32 matrix multiply (numpy, 2048²) reaches "
             f"{ceiling:.0f} GFLOP/s in the same run: the ceiling. Training without validation, fastest epoch "
-            "after the first, batch 128.",
+            f"after the first, batches of {t.get('batch_size', 'the default size')}.",
             "",
             "| | Images/s | GFLOP/s | Share of the ceiling |",
             "|---|---|---|---|",

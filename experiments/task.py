@@ -158,6 +158,8 @@ class Variant:
     defaults of its own: each value is in one place, the variant's entry. `defaults`
     overrides the default of a training parameter or a knob for this variant.
     `search_space` maps parameter names to Optuna distributions: what a sweep tunes.
+    `serve` wraps the trained model into the one evaluated and logged (test-time flip
+    averaging, say); it must use built-in layers only, so the logged model loads without our code.
     """
 
     build: Callable
@@ -169,6 +171,7 @@ class Variant:
     reference: str = ""  # the tutorial result this variant reproduces
     prepare_train: Callable[[Splits], Splits] | None = None  # e.g. add augmented copies
     extra_metrics: Callable | None = None  # (model, splits) -> {name: value}
+    serve: Callable | None = None  # (trained model) -> the model evaluated and logged
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The one training pipeline every task and variant runs through, for plain runs and sweeps.
 
-Steps are plain functions: prepare_data (`data`) -> build_model -> fit_model -> evaluate_model;
-`train` chains them inside an MLflow run, checkpointed after every epoch (and resumed from
-a checkpoint when asked), and logs what autologging does not.
+Steps are plain functions: prepare_data (`data`) -> build_model -> fit_model -> served_model
+-> evaluate_model; `train` chains them inside an MLflow run, checkpointed after every epoch
+(and resumed from a checkpoint when asked), and logs what autologging does not.
 """
 
 import math
@@ -129,8 +129,9 @@ class ShuffledBatches(keras.callbacks.Callback):
             examples = tf.gather(self.order, positions)
             return tf.gather(features, examples), tf.gather(targets, examples)
 
-        batches = tf.data.Dataset.range(self.count).batch(batch_size)
-        self.dataset = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        # Gathered when the training step asks, as cached tensors are read: a gather costs far less
+        # than a step, and prefetching or parallel threads would take cores from the step itself.
+        self.dataset = tf.data.Dataset.range(self.count).batch(batch_size).map(gather)
         self.dataset._batch_size = batch_size  # where MLflow's Keras autolog looks for a dataset's batch size
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -167,6 +168,20 @@ def fit_model(model, splits, params, callbacks=()):
             verbose=2,
         )
     return history.history
+
+
+def served_model(task, variant, model):
+    """The model evaluated and logged: the trained one, or what its variant's `serve` wraps
+    it in, compiled with the same loss and metrics so that evaluating it reads the same."""
+    serve = task.variants[variant].serve
+    if serve is None:
+        return model
+    served = serve(model)
+    # Never trained: plain SGD, which keeps no state per weight to save.
+    served.compile(optimizer="sgd", loss=LOSSES[task.kind], metrics=METRICS[task.kind])
+    # Built, as loading the logged model builds it: else Keras warns at every load that its variables differ.
+    served.optimizer.build(served.trainable_variables)
+    return served
 
 
 def check_finite(history, params):
@@ -302,6 +317,7 @@ def train(
         if early_stopping:
             mlflow.log_metrics({"best_epoch": early_stopping.best_epoch + 1, "stopped_epoch": len(history["loss"])})
         with stopping.deferred():
+            model = served_model(task, variant, model)
             metrics, matrix, outputs = evaluate_model(model, task, variant, splits)
         epochs = len(history["loss"])
         model_step = early_stopping.best_epoch if early_stopping else epochs - 1  # the epoch whose weights it holds
