@@ -129,9 +129,8 @@ class ShuffledBatches(keras.callbacks.Callback):
             examples = tf.gather(self.order, positions)
             return tf.gather(features, examples), tf.gather(targets, examples)
 
-        # Gathered when the training step asks, as cached tensors are read: a gather costs far less
-        # than a step, and prefetching or parallel threads would take cores from the step itself.
-        self.dataset = tf.data.Dataset.range(self.count).batch(batch_size).map(gather)
+        batches = tf.data.Dataset.range(self.count).batch(batch_size)
+        self.dataset = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
         self.dataset._batch_size = batch_size  # where MLflow's Keras autolog looks for a dataset's batch size
 
     def on_epoch_begin(self, epoch, logs=None):
