@@ -158,8 +158,8 @@ class Variant:
     defaults of its own: each value is in one place, the variant's entry. `defaults`
     overrides the default of a training parameter or a knob for this variant.
     `search_space` maps parameter names to Optuna distributions: what a sweep tunes.
-    `serve` wraps the trained model into the one evaluated and logged (test-time flip
-    averaging, say); it must use built-in layers only, so the logged model loads without our code.
+    `serve` wraps the trained model into the one evaluated and logged (test-time augmentation,
+    say); it must use built-in layers only, so the logged model loads without our code.
     """
 
     build: Callable

@@ -12,7 +12,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 
 from experiments import RunFailed, entry_points
 from experiments.churn import load_churn
-from experiments.emotion import average_with_mirror, emotion_vgg, load_fer2013, mirror
+from experiments.emotion import average_over_views, emotion_vgg, load_fer2013, mirror, shift
 from experiments.linear import load_line
 from experiments.mnist import load_mnist
 from pipelines.data import prepare_data
@@ -82,7 +82,7 @@ def test_every_entry_point_trains_and_logs_a_complete_run(name, store, tiny):
         warnings.simplefilter("always")
         logged = logged_model(result)
     assert not [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]  # loads whole
-    if task.variants[variant].serve:  # served averaged with the mirrored face, by the logged model itself
+    if task.variants[variant].serve:  # served averaged over views of the face, by the logged model itself
         faces = np.random.default_rng(0).integers(0, 256, (4, *logged.input_shape[1:]), dtype="uint8")
         np.testing.assert_array_equal(model.predict(faces), model.predict(faces[:, :, ::-1]))
         (logged,) = (layer for layer in logged.layers if layer.trainable_weights)  # the trained net inside
@@ -280,13 +280,23 @@ def test_loader_warns_when_training_and_test_faces_differ_in_sharpness(blurred, 
     assert f"the {split} images are blurrier" in warning
 
 
-def test_flip_averaging_mirrors_exactly_and_answers_alike_for_a_face_and_its_mirror():
+def test_view_averaging_moves_and_mirrors_exactly_and_answers_alike_for_a_face_and_its_mirror():
     faces = np.random.default_rng(0).integers(0, 256, (8, 48, 48, 1)).astype("float32")
     np.testing.assert_array_equal(mirror((48, 48, 1)).predict(faces, verbose=0), faces[:, :, ::-1])
+    edged = np.pad(faces, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    moved = {
+        "down": edged[:, :48, 2:50],
+        "up": edged[:, 4:, 2:50],
+        "right": edged[:, 2:50, :48],
+        "left": edged[:, 2:50, 4:],
+    }
+    for (axis, offset), name in zip(((0, 2), (0, -2), (1, 2), (1, -2)), moved, strict=True):
+        np.testing.assert_array_equal(shift((48, 48, 1), axis, offset, name).predict(faces, verbose=0), moved[name])
     net = emotion_vgg((48, 48, 1), 7, filters=4, units=8, dropout=0.0)
-    served = average_with_mirror(net)
+    served = average_over_views(net)
     answers, mirrored_answers = (served.predict(x, verbose=0) for x in (faces, faces[:, :, ::-1]))
     np.testing.assert_array_equal(answers, mirrored_answers)
-    expected = (net.predict(faces, verbose=0) + net.predict(faces[:, :, ::-1], verbose=0)) / 2
-    np.testing.assert_allclose(answers, expected, rtol=1e-6)
+    views = [faces, *moved.values()]
+    expected = np.mean([net.predict(x, verbose=0) for view in views for x in (view, view[:, :, ::-1])], axis=0)
+    np.testing.assert_allclose(answers, expected, rtol=1e-5)
     assert not np.allclose(net.predict(faces, verbose=0), expected)  # the net alone is not symmetric
