@@ -33,7 +33,7 @@ def steps(client, run_id, metric):
 
 @pytest.fixture
 def slow_mnist(tmp_path):
-    """An MNIST-layout file big enough for epochs of a second or two with KILL_RECIPE."""
+    """An MNIST-layout file big enough for epochs of about a second with KILL_RECIPE."""
     rng = np.random.default_rng(0)
     y_train, y_test = np.arange(KILL_IMAGES) % 10, np.arange(200) % 10
     path = tmp_path / "mnist-8000.npz"
@@ -48,8 +48,9 @@ def slow_mnist(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_training_killed_after_epoch_2_of_4_resumes_to_the_uninterrupted_result(store, slow_mnist):
+def test_a_training_killed_between_checkpoints_resumes_to_the_uninterrupted_result(store, slow_mnist):
     recipe = {**KILL_RECIPE, "data": slow_mnist}
+    epochs = recipe["epochs"]
     argv = ["--task", "mnist_cnn", *options(**recipe)]
     assert main(["train", *argv]) == 0
     (uninterrupted,) = runs(store)
@@ -58,38 +59,44 @@ def test_a_training_killed_after_epoch_2_of_4_resumes_to_the_uninterrupted_resul
         [sys.executable, "-m", "pipelines", "train", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        run_id = _run_once_it_has(store, uninterrupted.info.run_id, checkpoints.folder(2))
-        os.kill(process.pid, signal.SIGKILL)  # mid-epoch 3: nothing runs in the process after this
+        run_id, checkpointed = _run_once_it_has_a_checkpoint(store, uninterrupted.info.run_id, before=epochs)
+        os.kill(process.pid, signal.SIGKILL)  # mid-training: nothing runs in the process after this
     finally:
         process.kill()
         process.wait()
     assert store.get_run(run_id).info.status == "RUNNING"
-    assert checkpoints.folder(4) not in checkpoint_folders(store, run_id)
+    assert checkpoints.folder(epochs) not in checkpoint_folders(store, run_id)
 
     assert main(["train", *argv, "--resume", run_id]) == 0
     resumed = store.get_run(run_id)
     assert resumed.info.status == "FINISHED"
-    assert resumed.data.tags["resume.from_epoch"] in ("2", "3")  # the kill may land after epoch 3's checkpoint
+    # The kill may land after a later checkpoint than the one seen.
+    assert checkpointed <= int(resumed.data.tags["resume.from_epoch"]) < epochs
     for metric in ("loss", "val_loss", "val_accuracy", "epoch_time_s"):
-        assert steps(store, run_id, metric) == [0, 1, 2, 3], metric  # none missing, none repeated
+        assert steps(store, run_id, metric) == list(range(epochs)), metric  # none missing, none repeated
     # Op determinism, the data order drawn from (seed, epoch), the optimizer's and the random
     # generators' states restored: the same numbers as the training that was never stopped.
     for metric in ("test_accuracy", "test_loss", "val_loss"):
         assert resumed.data.metrics[metric] == uninterrupted.data.metrics[metric], metric
-    assert checkpoint_folders(store, run_id) == [checkpoints.folder(4)]  # only the latest is kept
+    assert checkpoint_folders(store, run_id) == [checkpoints.folder(epochs)]  # only the latest is kept
 
 
-def _run_once_it_has(store, other_run_id, folder, timeout=180):
-    """The id of the training run (not `other_run_id`) once its checkpoint `folder` is complete."""
+def _run_once_it_has_a_checkpoint(store, other_run_id, before, timeout=180):
+    """(run id, epoch) of the training run (not `other_run_id`) once it holds a complete
+    checkpoint of an epoch before `before`. Which epochs get one depends on how fast they run
+    (checkpoints.MIN_SECONDS_BETWEEN), and only the latest is kept: any of them will do."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for run in runs(store):
-            if run.info.run_id != other_run_id and f"{folder}/{checkpoints.STATE_FILE}" in {
-                item.path for item in store.list_artifacts(run.info.run_id, folder)
-            }:
-                return run.info.run_id
+            if run.info.run_id == other_run_id:
+                continue
+            for folder in checkpoint_folders(store, run.info.run_id):
+                epoch = int(folder.rpartition("-")[2])
+                files = {item.path for item in store.list_artifacts(run.info.run_id, folder)}
+                if epoch < before and f"{folder}/{checkpoints.STATE_FILE}" in files:
+                    return run.info.run_id, epoch
         time.sleep(0.05)
-    raise AssertionError(f"no checkpoint {folder} within {timeout} s")
+    raise AssertionError(f"no checkpoint of an epoch before {before} within {timeout} s")
 
 
 def test_a_checkpoint_cut_short_is_skipped_and_the_one_before_loads(store, tiny, tmp_path, monkeypatch):
