@@ -16,6 +16,8 @@ import numpy as np
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
+from experiments.emotion import load_fer2013, mirror, shift  # noqa: E402  keras and TensorFlow load when first used
+
 MOVES_1 = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
 MOVES_2 = [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)]
 VIEW_SETS = {
@@ -27,19 +29,18 @@ VIEW_SETS = {
 
 
 def moved(images, right, down):
-    """Images moved `right` and `down` pixels, the edge pixels repeated into the gap."""
-    if not (right or down):
-        return images
-    pad = max(abs(right), abs(down))
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
-    height, width = images.shape[1:3]
-    return padded[:, pad - down : pad - down + height, pad - right : pad - right + width]
+    """Images moved `right` and `down` pixels, edges repeated: the served model's own moves."""
+    for axis, offset in ((0, down), (1, right)):
+        if offset:
+            images = shift(images.shape[1:], axis, offset, "view").predict(images, batch_size=1024, verbose=0)
+    return images
 
 
 def accuracy(net, images, labels, moves):
+    mirrored = mirror(images.shape[1:]).predict(images, batch_size=1024, verbose=0)
     answers = [
         net.predict(moved(face, right, down), batch_size=1024, verbose=0)
-        for face in (images, images[:, :, ::-1])
+        for face in (images, mirrored)
         for right, down in moves
     ]
     return float((np.mean(answers, axis=0).argmax(axis=1) == labels).mean())
@@ -52,8 +53,6 @@ def main():
     args = parser.parse_args()
     import keras
     import mlflow
-
-    from experiments.emotion import load_fer2013
 
     served = mlflow.keras.load_model(args.model)
     (net,) = (layer for layer in served.layers if isinstance(layer, keras.Model) and layer.trainable_weights)
