@@ -453,7 +453,7 @@ TASK = Task(
                 "units": Param(int, 128, "units in the dense layer", ge=1),
                 "dropout": Param(float, 0.0, "dropout rate after each block", ge=0, lt=1),
             },
-            defaults={"epochs": 24, "optimizer": "adamw", "learning_rate": 0.003, "lr_schedule": "cosine"},
+            defaults={"epochs": 26, "optimizer": "adamw", "learning_rate": 0.003, "lr_schedule": "cosine"},
             serve=average_over_views,
             search_space={
                 "learning_rate": FloatDistribution(3e-4, 1e-2, log=True),
