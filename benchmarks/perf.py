@@ -331,9 +331,11 @@ def measure_throughput(data_dir, repeats):
         "in_memory": {**base, "source": "cached", "steps_per_execution": STEPS_PER_EXECUTION},
     }
     runs = {name: [] for name in sides}
-    for _ in range(repeats):
-        for name, spec in sides.items():
-            runs[name].append(run_probe("feed", spec))
+    names = list(sides)
+    for repeat in range(repeats):
+        # Each side takes each place in turn, so that a slow spell or a warm cache favours none.
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            runs[name].append(run_probe("feed", sides[name]))
     first = runs["stock"][0]
     # Each run's fastest epoch after the first, which traces the train function.
     steps_s = {name: [r["steps_per_epoch"] / min(r["epoch_seconds"][1:]) for r in rs] for name, rs in runs.items()}
