@@ -239,8 +239,17 @@ def timed(command, env=None):
 
 
 def alternate(repeats, first, second):
-    """Run two measurements alternately `repeats` times: [(first, second), ...]."""
-    return [(first(), second()) for _ in range(repeats)]
+    """Run two measurements alternately `repeats` times: [(first, second), ...]. Odd
+    repeats run `second` first, so that neither side always follows the other."""
+    pairs = []
+    for repeat in range(repeats):
+        if repeat % 2:
+            second_result = second()
+            pairs.append((first(), second_result))
+        else:
+            first_result = first()
+            pairs.append((first_result, second()))
+    return pairs
 
 
 def median(values):
