@@ -29,6 +29,12 @@ EVALUATION_BATCH_SIZE = 1024
 # churn trains 2.3 times faster than stock Keras; conv nets, bound by their kernels, gain
 # little (benchmarks/performance.md).
 STEPS_PER_EXECUTION = 32
+PREFETCHED_BATCHES = 2
+# tf.data's autotuning thread sleeps between its rounds, and an iterator's end waits for it to
+# wake: up to several seconds at every epoch's end. Gathering a batch costs next to nothing,
+# so a fixed prefetch does as well without it.
+WITHOUT_AUTOTUNE = tf.data.Options()
+WITHOUT_AUTOTUNE.autotune.enabled = False
 LOSSES = {
     "binary": "binary_crossentropy",
     "multiclass": "sparse_categorical_crossentropy",
@@ -130,7 +136,7 @@ class ShuffledBatches(keras.callbacks.Callback):
             return tf.gather(features, examples), tf.gather(targets, examples)
 
         batches = tf.data.Dataset.range(self.count).batch(batch_size)
-        self.dataset = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        self.dataset = batches.map(gather).prefetch(PREFETCHED_BATCHES).with_options(WITHOUT_AUTOTUNE)
         self.dataset._batch_size = batch_size  # where MLflow's Keras autolog looks for a dataset's batch size
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -154,6 +160,7 @@ def fit_model(model, splits, params, callbacks=()):
     validation = None
     if splits.x_val is not None:
         validation = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(EVALUATION_BATCH_SIZE)
+        validation = validation.with_options(WITHOUT_AUTOTUNE)
     with warnings.catch_warnings():
         # Keras warns that its shuffle=True default does not apply to a dataset: ours shuffles itself.
         warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
