@@ -16,7 +16,8 @@ import numpy as np
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-from experiments.emotion import load_fer2013, mirror, shift  # noqa: E402  keras and TensorFlow load when first used
+from experiments.emotion import load_fer2013  # noqa: E402  keras and TensorFlow load when first used
+from experiments.views import mirror, shift  # noqa: E402
 
 MOVES_1 = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
 MOVES_2 = [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)]

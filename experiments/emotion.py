@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from experiments.datafiles import PROJECT_DATA, existing_path, read_csv
 from experiments.task import InputError, Param, Splits, Task, Variant, shown
+from experiments.views import mirror, shift
 
 # Imported when data is read or a model built: --help, --dry_run and a refused parameter need neither.
 keras = lazy.load("keras")
@@ -348,36 +349,6 @@ def emotion_vgg(input_shape, num_outputs, filters, units, dropout):
         ],
         name="emotion_vgg",
     )
-
-
-def pixel_map(image_shape, axis, source, name):
-    """A fixed rearrangement of pixels along one image axis (0: rows, 1: columns): output
-    pixel j is input pixel source[j]. Made of built-in layers so that the logged model loads
-    without our code: the axis moved last, multiplied by a 0/1 matrix (exact: each output
-    pixel is one input pixel times 1), and moved back."""
-    size = image_shape[axis]
-    matrix = np.zeros((size, size), dtype="float32")
-    matrix[source, np.arange(size)] = 1
-    order = (3, 2, 1) if axis == 0 else (1, 3, 2)  # each its own inverse
-    rearrange = keras.layers.Dense(size, use_bias=False, trainable=False, name=f"{name}_matrix")
-    mapped = keras.Sequential(
-        [keras.Input(shape=image_shape), keras.layers.Permute(order), rearrange, keras.layers.Permute(order)],
-        name=name,
-    )
-    rearrange.set_weights([matrix])
-    return mapped
-
-
-def mirror(image_shape):
-    """Images flipped left to right."""
-    return pixel_map(image_shape, 1, np.arange(image_shape[1])[::-1], "mirror")
-
-
-def shift(image_shape, axis, offset, name):
-    """Images moved `offset` pixels along `axis` (down or right when positive), the edge
-    pixels repeated into the gap."""
-    size = image_shape[axis]
-    return pixel_map(image_shape, axis, np.clip(np.arange(size) - offset, 0, size - 1), name)
 
 
 def average_over_views(model):

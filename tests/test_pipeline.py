@@ -12,9 +12,10 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 
 from experiments import RunFailed, entry_points
 from experiments.churn import load_churn
-from experiments.emotion import average_over_views, emotion_vgg, load_fer2013, mirror, shift
+from experiments.emotion import average_over_views, emotion_vgg, load_fer2013
 from experiments.linear import load_line
-from experiments.mnist import load_mnist
+from experiments.mnist import average_over_shifts, conv_net, load_mnist
+from experiments.views import mirror, shift
 from pipelines.data import prepare_data
 from pipelines.reporting import PREDICTIONS_ARTIFACT, read_predictions
 from pipelines.significance import metric_of
@@ -82,10 +83,12 @@ def test_every_entry_point_trains_and_logs_a_complete_run(name, store, tiny):
         warnings.simplefilter("always")
         logged = logged_model(result)
     assert not [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]  # loads whole
-    if task.variants[variant].serve:  # served averaged over views of the face, by the logged model itself
-        faces = np.random.default_rng(0).integers(0, 256, (4, *logged.input_shape[1:]), dtype="uint8")
-        np.testing.assert_array_equal(model.predict(faces), model.predict(faces[:, :, ::-1]))
+    if task.variants[variant].serve:  # served averaged over views, by the logged model itself
+        images = np.random.default_rng(0).integers(0, 256, (4, *logged.input_shape[1:]), dtype="uint8")
+        if task.name == "emotion":  # a face and its mirror get the same answer
+            np.testing.assert_array_equal(model.predict(images), model.predict(images[:, :, ::-1]))
         (logged,) = (layer for layer in logged.layers if layer.trainable_weights)  # the trained net inside
+        assert not np.allclose(model.predict(images), logged.predict(images, verbose=0))  # not the net alone
     assert int(run.data.params["num_params"]) == logged.count_params()
 
 
@@ -300,3 +303,14 @@ def test_view_averaging_moves_and_mirrors_exactly_and_answers_alike_for_a_face_a
     expected = np.mean([net.predict(x, verbose=0) for view in views for x in (view, view[:, :, ::-1])], axis=0)
     np.testing.assert_allclose(answers, expected, rtol=1e-5)
     assert not np.allclose(net.predict(faces, verbose=0), expected)  # the net alone is not symmetric
+
+
+def test_digit_views_average_the_net_over_the_digit_moved_one_pixel_in_eight_directions():
+    digits = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1)).astype("float32")
+    knobs = {"filters": 4, "units": 8, "conv_dropout": 0.0, "dropout": 0.0, "l1": 0, "l2": 0, "shift": 0}
+    net = conv_net((28, 28, 1), 10, batch_norm=True, **knobs)
+    edged = np.pad(digits, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    views = [edged[:, 1 - down : 29 - down, 1 - right : 29 - right] for down in (-1, 0, 1) for right in (-1, 0, 1)]
+    expected = np.mean([net.predict(view, verbose=0) for view in views], axis=0)
+    np.testing.assert_allclose(average_over_shifts(net).predict(digits, verbose=0), expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(net.predict(digits, verbose=0), expected, rtol=1e-5, atol=1e-7)
