@@ -29,10 +29,10 @@ EVALUATION_BATCH_SIZE = 1024
 # churn trains 2.3 times faster than stock Keras; conv nets, bound by their kernels, gain
 # little (benchmarks/performance.md).
 STEPS_PER_EXECUTION = 32
-PREFETCHED_BATCHES = 2
 # tf.data's autotuning thread sleeps between its rounds, and an iterator's end waits for it to
 # wake: up to several seconds at every epoch's end. Gathering a batch costs next to nothing,
 # so a fixed prefetch does as well without it.
+PREFETCHED_BATCHES = 2
 WITHOUT_AUTOTUNE = tf.data.Options()
 WITHOUT_AUTOTUNE.autotune.enabled = False
 LOSSES = {
