@@ -4,6 +4,7 @@ import json
 import threading
 import warnings
 
+import keras
 import mlflow
 import numpy as np
 import pytest
@@ -314,3 +315,27 @@ def test_digit_views_average_the_net_over_the_digit_moved_one_pixel_in_eight_dir
     expected = np.mean([net.predict(view, verbose=0) for view in views], axis=0)
     np.testing.assert_allclose(average_over_shifts(net).predict(digits, verbose=0), expected, rtol=1e-5, atol=1e-7)
     assert not np.allclose(net.predict(digits, verbose=0), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_conv_net_without_batch_norm_is_the_tutorials_network():
+    """Pooling before the ReLU is an implementation choice: with the tutorial's weights the
+    net gives the tutorial's answers (conv-relu-pool blocks), and it has its 93,322 weights."""
+    knobs = {"filters": 32, "units": 64, "conv_dropout": 0.0, "dropout": 0.0, "l1": 0, "l2": 0, "shift": 0}
+    net = conv_net((28, 28, 1), 10, batch_norm=False, **knobs)
+    tutorial = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    assert net.count_params() == tutorial.count_params() == 93_322
+    tutorial.set_weights(net.get_weights())
+    digits = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(net.predict(digits, verbose=0), tutorial.predict(digits / 255, verbose=0), atol=1e-6)
