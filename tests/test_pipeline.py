@@ -318,8 +318,8 @@ def test_digit_views_average_the_net_over_the_digit_moved_one_pixel_in_eight_dir
 
 
 def test_conv_net_without_batch_norm_is_the_tutorials_network():
-    """Pooling before the ReLU is an implementation choice: with the tutorial's weights the
-    net gives the tutorial's answers (conv-relu-pool blocks), and it has its 93,322 weights."""
+    """Our blocks pool before their ReLU; given the same weights, they answer exactly as the
+    tutorial's conv-relu-pool layers do, and they hold its 93,322 weights."""
     knobs = {"filters": 32, "units": 64, "conv_dropout": 0.0, "dropout": 0.0, "l1": 0, "l2": 0, "shift": 0}
     net = conv_net((28, 28, 1), 10, batch_norm=False, **knobs)
     tutorial = keras.Sequential(
