@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from collections.abc import Callable
@@ -15,6 +16,7 @@ Kind = Literal["binary", "multiclass", "regression"]
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 TYPE_WORDS = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
 MAX_SHOWN = 80  # characters of a bad value echoed in an error line
+MAX_INT = 2**63 - 1  # the largest integer NumPy and TensorFlow take
 
 
 class InputError(Exception):
@@ -95,6 +97,9 @@ class Param:
         except ValueError:
             kind = "a finite number" if self.type is float else TYPE_WORDS[self.type]
             raise InputError(f"{name}: '{shown(raw)}' is not {kind}") from None
+        except OverflowError:
+            limit = "" if self.le is not None or self.lt is not None else " of at most 64 bits"
+            raise InputError(f"{name}: {shown(text)} is out of range; it must be {self.rule}{limit}") from None
         if not self.valid(value):
             raise InputError(f"{name}: {shown(value)} is out of range; it must be {self.rule}")
         return value
@@ -119,9 +124,14 @@ def _convert(kind, raw, text):
             return raw if isinstance(raw, bool) else text.lower() in TRUE_WORDS
         raise ValueError
     if kind is int:
-        number = float(text)
-        if not number.is_integer():
+        try:
+            number = decimal.Decimal(text)  # exact: through float, 10**23 would read 99999999999999991611392
+        except decimal.InvalidOperation:
+            raise ValueError from None
+        if not number.is_finite() or number != number.to_integral_value():
             raise ValueError
+        if number.copy_abs() > MAX_INT:
+            raise OverflowError  # before int(): 1e999999999 would take minutes to write out
         return int(number)
     if kind is float:
         number = float(text)

@@ -13,8 +13,11 @@ layers, early stopping's state, and the history so far. Under the run's artifact
 `state.json` completes a checkpoint and holds the weights' digest: a write cut short (a
 kill, a lost connection) leaves a folder without a readable one, which readers skip,
 and the previous checkpoint is deleted only once the new one is complete. The latest
-checkpoint is kept, and the best epoch's when early stopping is on. Through a tracking
-server the artifacts live on the server, so any machine can resume.
+checkpoint is kept, and the best epoch's when early stopping is on; a resumed training
+deletes whatever older ones a kill left behind. Checkpoints are ordered by the epoch
+number in their folder's name, and `state.json` may point only at another checkpoint
+folder of the same run. Through a tracking server the artifacts live on the server, so
+any machine can resume.
 
 An epoch's metrics are logged right after the checkpoint that holds it, never before: a
 training killed after its last checkpoint resumes from it, recomputes the epochs after it
@@ -25,7 +28,7 @@ checkpoint's history.
 
 import hashlib
 import json
-import shutil
+import re
 import sys
 import tempfile
 import time
@@ -42,6 +45,8 @@ ARTIFACT_DIR = "checkpoints"
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "latest.weights.h5"  # BackupAndRestore's names
 METADATA_FILE = "training_metadata.json"
+BEST_WEIGHTS_FILE = "best.weights.h5"  # the best epoch's weights, restored beside the latest
+FOLDER_PATTERN = re.compile(rf"{ARTIFACT_DIR}/epoch-(\d+)")
 # Epochs of milliseconds (xor, churn) would spend more time checkpointing than training:
 # a checkpoint is written at most this often, and always after the last epoch. A kill then
 # loses at most this much training besides the epoch under way.
@@ -56,15 +61,22 @@ def folder(epoch):
     return f"{ARTIFACT_DIR}/epoch-{epoch:04d}"
 
 
+def epoch_of(path):
+    """The epoch a checkpoint folder's name holds (`checkpoints/epoch-0012` -> 12); None for
+    any other path. Names are compared by this number: past epoch 9999 text order is wrong."""
+    match = FOLDER_PATTERN.fullmatch(path)
+    return int(match.group(1)) if match else None
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    """A complete checkpoint of a run, downloaded into `local`."""
+    """A complete checkpoint of a run, read into memory: nothing of it stays on disk."""
 
     run_id: str
     path: str  # artifact folder: checkpoints/epoch-0003
-    local: Path  # the folder holding its files here
+    files: dict  # {WEIGHTS_FILE: bytes, METADATA_FILE: bytes}: what BackupAndRestore loads
     state: dict  # epoch, history, epoch_seconds, train_seconds, seed_states, early_stopping, weights_sha256
-    best_local: Path | None = None  # the best epoch's files, when early stopping kept another
+    best_weights: bytes | None = None  # the best epoch's weights, when early stopping kept another checkpoint
 
     @property
     def epoch(self):
@@ -82,10 +94,11 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
     Given a `restored` checkpoint, training continues from it: Keras loads the weights,
     optimizer state and epoch at `on_train_begin`, and this adds the generators' states
     and early stopping's. `history` holds every epoch's logs, those before the checkpoint
-    included, and `seconds_before` the training time up to the checkpoint.
+    included, and `seconds_before` the training time up to the checkpoint. `kept` are the
+    checkpoint folders the run holds already.
     """
 
-    def __init__(self, run_id, workdir, early_stopping=None, restored=None):
+    def __init__(self, run_id, workdir, early_stopping=None, restored=None, kept=()):
         super().__init__(backup_dir=str(workdir), delete_checkpoint=False)
         self.run_id = run_id
         self.workdir = Path(workdir)
@@ -96,18 +109,19 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
         self.epoch_seconds = list(state.get("epoch_seconds", []))
         self.seconds_before = state.get("train_seconds", 0.0)
         self.best_path = None
-        self.kept = []  # this run's folders that hold checkpoints
+        # This run's checkpoint folders: those a resumed run holds already (older ones a kill left
+        # behind included), then each it writes. All but the latest and the best are deleted.
+        self.kept = list(kept)
         if restored and restored.run_id == run_id:  # not a new run started from another's checkpoint
             self.best_path = (state.get("early_stopping") or {}).get("path")
-            self.kept = [path for path in (restored.path, self.best_path) if path]
         self._written_epoch = restored.epoch if restored else 0
         self._logged_epochs = self._written_epoch  # epochs whose metrics are in the run
         self._last_write = float("-inf")
         self._warned = False
         if restored:  # BackupAndRestore loads what it finds in its backup_dir
             self.workdir.mkdir(parents=True, exist_ok=True)
-            for name in (WEIGHTS_FILE, METADATA_FILE):
-                shutil.copy(restored.local / name, self.workdir / name)
+            for name, content in restored.files.items():
+                (self.workdir / name).write_bytes(content)
 
     # --- restoring ------------------------------------------------------------------
 
@@ -127,8 +141,12 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
         if not saved:
             return
         self._best_weights = None  # the latest is the best: taken once it is loaded
-        if self.restored.best_local is not None:
-            self.model.load_weights(self.restored.best_local / WEIGHTS_FILE)
+        if self.restored.best_weights is not None:
+            best = self.workdir / BEST_WEIGHTS_FILE
+            best.write_bytes(self.restored.best_weights)
+            if not self.model.optimizer.built:  # the file holds its state too: else Keras warns and skips it
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(best)
             self._best_weights = self.model.get_weights()
         self._saved_early_stopping = saved
 
@@ -244,42 +262,52 @@ def _seed_states(model):
 # --- reading ------------------------------------------------------------------------
 
 
-def latest(run_id, into=None):
-    """The run's latest complete checkpoint, downloaded into `into` (a new temporary
-    folder by default), with the best one's weights in `best/` when it differs; None if
-    the run has none."""
-    client = mlflow.MlflowClient()
+def run_folders(run_id):
+    """The run's checkpoint folders, complete or not, by epoch; () if it has none or they can't be listed."""
     try:
-        folders = [item.path for item in client.list_artifacts(run_id, ARTIFACT_DIR) if item.is_dir]
+        items = mlflow.MlflowClient().list_artifacts(run_id, ARTIFACT_DIR)
     except (MlflowException, OSError):
-        return None
-    into = Path(into or tempfile.mkdtemp(prefix="checkpoint-"))
-    for path in sorted(folders, reverse=True):
-        checkpoint = _download(client, run_id, path, into)
-        if checkpoint is None:
-            continue
-        best_path = (checkpoint.state.get("early_stopping") or {}).get("path")
-        if best_path and best_path != path:
-            best = _download(client, run_id, best_path, into)
+        return ()
+    return tuple(sorted((item.path for item in items if item.is_dir and epoch_of(item.path) is not None), key=epoch_of))
+
+
+def latest(run_id):
+    """The run's latest complete checkpoint, with the best epoch's weights when early
+    stopping kept another checkpoint; None if the run has none. Files are downloaded into
+    a temporary folder, read, and the folder removed."""
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory(prefix="checkpoint-") as download:
+        for path in reversed(run_folders(run_id)):
+            checkpoint = _download(client, run_id, path, Path(download))
+            if checkpoint is None or checkpoint.epoch != epoch_of(path):
+                continue
+            best_path = (checkpoint.state.get("early_stopping") or {}).get("path")
+            if not best_path or best_path == path:
+                return checkpoint
+            if epoch_of(best_path) is None:
+                print(f"warning: {path} of run {run_id} names no checkpoint as its best: skipped", file=sys.stderr)
+                continue
+            best = _download(client, run_id, best_path, Path(download))
             if best is None:
                 continue  # the best one is gone: early stopping could not go on exactly
-            checkpoint = replace(checkpoint, best_local=best.local)
-        return checkpoint
+            return replace(checkpoint, best_weights=best.files[WEIGHTS_FILE])
     return None
 
 
 def _download(client, run_id, path, into):
-    """The checkpoint in artifact folder `path` if it is complete, else None."""
+    """The checkpoint in artifact folder `path` if it is complete, else None. Each folder is
+    downloaded into its own place under `into`: two checkpoints share their files' names."""
     try:
-        into.mkdir(parents=True, exist_ok=True)
-        state_file = client.download_artifacts(run_id, f"{path}/{STATE_FILE}", str(into))
-        state = json.loads(Path(state_file).read_text())
-        for name in (WEIGHTS_FILE, METADATA_FILE):
-            client.download_artifacts(run_id, f"{path}/{name}", str(into))
-        state_path = Path(state_file).parent
-        if _sha256(state_path / WEIGHTS_FILE) != state["weights_sha256"]:
+        local = into / path.rpartition("/")[2]
+        local.mkdir(parents=True, exist_ok=True)
+        state = json.loads(Path(client.download_artifacts(run_id, f"{path}/{STATE_FILE}", str(local))).read_text())
+        files = {
+            name: Path(client.download_artifacts(run_id, f"{path}/{name}", str(local))).read_bytes()
+            for name in (WEIGHTS_FILE, METADATA_FILE)
+        }
+        if hashlib.sha256(files[WEIGHTS_FILE]).hexdigest() != state["weights_sha256"]:
             return None
-        json.loads((state_path / METADATA_FILE).read_text())
+        json.loads(files[METADATA_FILE])
     except (MlflowException, OSError, ValueError, KeyError, TypeError):
         return None  # cut short while it was written
-    return Checkpoint(run_id, path, state_path, state)
+    return Checkpoint(run_id, path, files, state)

@@ -68,7 +68,12 @@ def train_command(line):
     splits = prepare_data(task, variant, line.params)
     from pipelines.train import train  # TensorFlow, once the data is known to be good
 
-    use_experiment(line.settings["experiment"], task.name)
+    if line.settings["resume"]:
+        from pipelines.resume import experiment_of
+
+        experiment_of(line.settings["resume"], line.settings["experiment"])  # the run stays in its own
+    else:
+        use_experiment(line.settings["experiment"], task.name)
     result = train(
         task,
         variant,
@@ -360,14 +365,49 @@ def main(argv=None):
     except RunFailed as error:
         return _stop(f"error: {error}", "FAILED", EXIT_FAILED, (launched_run_id, FAILED))
     except KeyboardInterrupt as stop:
-        code = _stop(f"stopped ({stop or 'SIGINT'}): the run ended KILLED", "KILLED", EXIT_INTERRUPTED)
+        outcome = "the run ended KILLED" if launched_run_id or stopping.any_run_started() else "before any run started"
+        code = _stop(f"stopped ({stop or 'SIGINT'}): {outcome}", "KILLED", EXIT_INTERRUPTED)
         # `mlflow run` will overwrite KILLED with FAILED once this process exits: put it back then.
         stopping.keep_status(launcher, launched_run_id, "KILLED")
         return code
+    except Exception as error:
+        if not isinstance(error, _store_failures()):
+            raise  # a bug: its traceback is what fixes it
+        return _stop(f"error: {_failure_line(error)}", "FAILED", EXIT_FAILED, (launched_run_id, FAILED))
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         sys.unraisablehook = unraisable_hook
+
+
+# Failures of the tracking store, the artifact store, a study's database or the disk: (module, class).
+# Only modules already imported are looked at: an exception of one never imported cannot have been raised.
+STORE_FAILURES = (
+    ("mlflow.exceptions", "MlflowException"),
+    ("sqlalchemy.exc", "SQLAlchemyError"),
+    ("requests.exceptions", "RequestException"),
+    ("optuna.exceptions", "StorageInternalError"),
+)
+MAX_FAILURE_CHARACTERS = 300
+
+
+def _store_failures():
+    loaded = (getattr(sys.modules.get(module), name, None) for module, name in STORE_FAILURES)
+    return (OSError, *(kind for kind in loaded if isinstance(kind, type)))
+
+
+def _failure_line(error):
+    """What failed, in one line: the file and the system's word for a disk failure, else the
+    store and the first line of what it said (a password in its URI masked)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    import mlflow
+
+    from experiments.task import shown
+    from pipelines.sweeps.storage import describe
+
+    said = str(getattr(error, "message", None) or error).strip().splitlines() or [type(error).__name__]
+    return f"tracking store {describe(mlflow.get_tracking_uri())}: {shown(said[0], limit=MAX_FAILURE_CHARACTERS)}"
 
 
 def _check_launched_experiment(requested, launched_run_id):

@@ -112,7 +112,7 @@ def staleness(run, stale_after, moment, host=None):
     tags = run.data.tags
     host = host or socket.gethostname()
     if HEARTBEAT_TAG in tags:
-        if tags.get(HOST_TAG) == host and not _same_process_alive(tags):
+        if tags.get(HOST_TAG) == host and not same_process_alive(tags):
             return f"its process {tags.get(PID_TAG)} on {host} is gone"
         try:
             last = datetime.datetime.fromisoformat(tags[HEARTBEAT_TAG])
@@ -130,7 +130,8 @@ def staleness(run, stale_after, moment, host=None):
     return None  # not a run of this project: left alone
 
 
-def _same_process_alive(tags):
+def same_process_alive(tags):
+    """True while the process that `tags` (PID_TAG, STARTED_TAG) name runs on this host."""
     try:
         process = psutil.Process(int(tags[PID_TAG]))
         started = float(tags[STARTED_TAG])

@@ -14,11 +14,13 @@ LR_SCHEDULES = ("constant", "cosine")
 NAME_PATTERN = r"[A-Za-z0-9_.-]{0,100}"  # study and model names: safe in file names and search filters
 MAIN_ENTRY_POINT = "mnist_cnn"
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
+MAX_EPOCHS = 1_000_000
+MAX_EXAMPLES = 2**31 - 1  # TensorFlow counts a dataset's examples in 32 bits
 MAX_EXPERIMENT_NAME = 256  # MLflow checks 500, but its table's column holds 256 on PostgreSQL
 
 TRAINING_PARAMS = {
-    "epochs": Param(int, 10, "passes over the training data", ge=1),
-    "batch_size": Param(int, 32, "examples per gradient step", ge=1),
+    "epochs": Param(int, 10, "passes over the training data", ge=1, le=MAX_EPOCHS),
+    "batch_size": Param(int, 32, "examples per gradient step", ge=1, le=MAX_EXAMPLES),
     "learning_rate": Param(float, 0.001, "the optimizer's step size", gt=0),
     "optimizer": Param(str, "adam", "the optimizer", choices=OPTIMIZERS),
     "lr_schedule": Param(
@@ -35,7 +37,7 @@ TRAINING_PARAMS = {
         ge=0,
         le=MAX_SEED,
     ),
-    "max_samples": Param(int, 0, "train on this many examples; 0 uses all", ge=0),
+    "max_samples": Param(int, 0, "train on this many examples; 0 uses all", ge=0, le=MAX_EXAMPLES),
     "validation_fraction": Param(float, 0.1, "share of the training data held out to validate", ge=0, lt=1),
     "patience": Param(
         int,
@@ -43,6 +45,7 @@ TRAINING_PARAMS = {
         "stop once the validation metric has not improved for this many epochs, keeping the best epoch's "
         "weights; 0: never",
         ge=0,
+        le=MAX_EPOCHS,
     ),
     "data": Param(str, "", "the data file or folder; empty: the task's usual place"),
 }
@@ -71,6 +74,7 @@ REPEATS = Param(
     "train this many seeds (seed, seed+1, ...) as nested runs under one parent run, which logs each test "
     "metric's mean, std, min and max and names its median seed's run",
     ge=1,
+    le=1000,
 )
 SYSTEM_METRICS_INTERVAL = Param(
     int, 10, "seconds between samples of MLflow's system metrics (CPU, memory, disk, network, GPU); 0: none", ge=0

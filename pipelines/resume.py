@@ -1,12 +1,21 @@
 """Resuming a run from its last checkpoint (`--resume <run id>`), and what resuming refuses.
 
 The run goes on under its own id: back to RUNNING, its per-epoch metrics continuing at
-the next step, then FINISHED, FAILED or KILLED as any run. Resuming keeps the run's recipe:
-every parameter must be the one it was trained with, except `epochs`, which may be raised
-to train a run further, a finished one included. The data is compared by content (the
-splits' digests), not by path, so another machine can resume with its own copy of it.
+the next step, then FINISHED, FAILED or KILLED as any run. A run stopped before its first
+checkpoint trains again from the start. Resuming keeps the run's recipe: every parameter
+must be the one it was trained with, except `epochs`, which may be raised to train a run
+further, a finished one included. The data is compared by content (the splits' digests),
+not by path, so another machine can resume with its own copy of it.
+
+Two resumes of one run never both train it. Each claims the run before it trains, with a
+param `resume.claim.<n>`: MLflow never lets a param change once logged, in the store's own
+transaction, so of two resumes that read the run in the same state, only one can log claim
+n. A claim whose process may still be starting the run stops later resumes too.
 """
 
+import os
+import socket
+import time
 from dataclasses import dataclass
 
 import mlflow
@@ -16,29 +25,49 @@ from experiments import InputError
 from pipelines import checkpoints, liveness
 from pipelines.params import declared_params
 
-RESUMABLE = ("KILLED", "FAILED", "RUNNING", "FINISHED")  # RUNNING only once its process is gone
 NOT_COMPARED = ("epochs", "data")  # epochs may be raised; the data is compared by its digests
 FROM_EPOCH_TAG, EPOCHS_TAG, RESUMED_TAG = "resume.from_epoch", "resume.epochs", "resume.run_id"
+CLAIM_PREFIX = "resume.claim."  # + n: the n-th resume's process, "host pid start-time claimed-at-ms"
 
 
 @dataclass(frozen=True)
 class Resumption:
-    """Where a training starts from: `checkpoint`, continuing its run (`same_run`) or a new one."""
+    """How run `run_id` goes on: from `checkpoint`, or from the start when it has none."""
 
-    checkpoint: checkpoints.Checkpoint
-    same_run: bool
+    run_id: str
+    checkpoint: checkpoints.Checkpoint | None
+    run_folders: tuple  # the checkpoint folders the run holds: a resumed training deletes the older ones
+    was_finished: bool  # a FINISHED run trained further keeps the models it logged then
 
-    @property
-    def run_id(self):
-        return self.checkpoint.run_id
+
+def experiment_of(run_id, requested):
+    """Make the experiment of run `run_id` the current one, and return its id: a resumed run
+    stays where it is. An `experiment` setting that names another is refused."""
+    from pipelines.tracking import open_store
+
+    open_store()
+    client = mlflow.MlflowClient()
+    run = _get_run(client, run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    if requested and requested != experiment.name:
+        raise InputError(f"experiment: run {run_id} is in experiment '{experiment.name}', not '{requested}'")
+    if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`, the launch's run stays in its own
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def _get_run(client, run_id):
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise InputError(f"resume: no run {run_id} in the tracking store {mlflow.get_tracking_uri()}") from None
 
 
 def plan(run_id, task, variant, params, digests):
-    """How to resume `run_id` with `params`, or one InputError that says why it can't be."""
-    try:
-        run = mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise InputError(f"resume: no run {run_id} in the tracking store {mlflow.get_tracking_uri()}") from None
+    """How to resume `run_id` with `params`, with the run claimed for this process; or one
+    InputError that says why it can't be, with the run unchanged."""
+    client = mlflow.MlflowClient()
+    run = _get_run(client, run_id)  # one reading: every check and the claim's number come from it
     entry_point, tags = task.qualified_name(variant), run.data.tags
     if run.info.lifecycle_stage != "active":
         raise InputError(f"resume: run {run_id} is deleted")
@@ -49,26 +78,81 @@ def plan(run_id, task, variant, params, digests):
             f"resume: run {run_id} is a trial of sweep {tags.get('optuna.study_name')}; "
             "run the sweep again, which retries it from its checkpoint"
         )
+    stale_after = liveness.SETTINGS["stale_after"].default
     if run.info.status == "RUNNING":
-        why = liveness.staleness(run, liveness.SETTINGS["stale_after"].default, liveness.now())
+        why = liveness.staleness(run, stale_after, liveness.now())
         if why is None:
             raise InputError(
                 f"resume: run {run_id} is RUNNING, its process {tags.get(liveness.PID_TAG, '?')} on "
                 f"{tags.get(liveness.HOST_TAG, '?')} alive (heartbeat {tags.get(liveness.HEARTBEAT_TAG, 'none')}); "
                 "stop it first"
             )
+    holder = _live_claim(run, stale_after)
+    if holder:
+        raise InputError(f"resume: run {run_id} is being resumed by {holder}; wait for it, or stop it first")
     _check_recipe(run, task, variant, params)
     _check_data(run, digests)
     checkpoint = checkpoints.latest(run_id)
+    done = checkpoint.epoch if checkpoint else 0
+    if run.info.status == "FINISHED" and params["epochs"] <= done:
+        raise InputError(f"epochs: run {run_id} FINISHED its {done} epochs; give more epochs to train it further")
+    if params["epochs"] < done:
+        raise InputError(f"epochs: run {run_id} has trained {done} epochs already; give at least that many")
+    _claim(client, run)
     if checkpoint is None:
-        raise InputError(f"resume: run {run_id} has no checkpoint to resume from")
-    if run.info.status == "FINISHED" and params["epochs"] <= checkpoint.epoch:
+        print(f"run {run_id} has no complete checkpoint: it trains again from the first epoch")
+    return Resumption(run_id, checkpoint, checkpoints.run_folders(run_id), run.info.status == "FINISHED")
+
+
+def _claims(run):
+    """[(n, value)] of the run's resume claims, in order."""
+    found = []
+    for key, value in run.data.params.items():
+        number = key.removeprefix(CLAIM_PREFIX)
+        if key.startswith(CLAIM_PREFIX) and number.isdigit():
+            found.append((int(number), value))
+    return sorted(found)
+
+
+def _live_claim(run, stale_after):
+    """Who holds the run's latest claim while that resume may still be starting it, or None.
+
+    A claim is over once the run has ended after it, or once its process is gone: on this
+    host its process tells, on another host only time does (`stale_after`)."""
+    claims = _claims(run)
+    if not claims:
+        return None
+    try:
+        host, pid, started, claimed_at = claims[-1][1].split()
+        claimed_at = int(claimed_at)
+    except ValueError:
+        return None  # not a claim this project wrote
+    if run.info.status != "RUNNING" and (run.info.end_time or 0) >= claimed_at:
+        return None
+    holder = f"process {pid} on {host} (param {CLAIM_PREFIX}{claims[-1][0]})"
+    if host == socket.gethostname():
+        tags = {liveness.PID_TAG: pid, liveness.STARTED_TAG: started}
+        return holder if liveness.same_process_alive(tags) else None
+    return holder if time.time() * 1000 - claimed_at < stale_after * 1000 else None
+
+
+def _claim(client, run):
+    """Log this process's claim on `run`, numbered after the claims the run held when it was
+    read; refused in one line if another resume logged that number first."""
+    claims = _claims(run)
+    key = f"{CLAIM_PREFIX}{claims[-1][0] + 1 if claims else 1}"
+    tags = liveness.process_tags()
+    value = f"{tags[liveness.HOST_TAG]} {tags[liveness.PID_TAG]} {tags[liveness.STARTED_TAG]} {int(time.time() * 1000)}"
+    try:
+        client.log_param(run.info.run_id, key, value)
+    except MlflowException as error:
+        if error.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        winner = client.get_run(run.info.run_id).data.params.get(key, "?").split()
+        who = f"process {winner[1]} on {winner[0]}" if len(winner) == 4 else "another process"
         raise InputError(
-            f"epochs: run {run_id} FINISHED its {checkpoint.epoch} epochs; give more epochs to train it further"
-        )
-    if params["epochs"] < checkpoint.epoch:
-        raise InputError(f"epochs: run {run_id} has trained {checkpoint.epoch} epochs already; give at least that many")
-    return Resumption(checkpoint, same_run=True)
+            f"resume: run {run.info.run_id} is being resumed by {who} (param {key}); wait for it, or stop it first"
+        ) from None
 
 
 def _check_recipe(run, task, variant, params):
@@ -95,3 +179,20 @@ def _check_data(run, digests):
                 f"data: the {context} split differs from the one run {run.info.run_id} was trained on "
                 f"(digest {digest}, the run's {logged[context]})"
             )
+
+
+def discard_earlier_models(resumption, model_id):
+    """Delete the models an interrupted attempt of the run logged, but `model_id` and any a
+    registry version uses: the run ends with one model. A run that had FINISHED keeps them."""
+    if resumption.was_finished:
+        return
+    client = mlflow.MlflowClient()
+    run_id = resumption.run_id
+    registered = {version.model_id for version in client.search_model_versions(f"run_id = '{run_id}'")}
+    experiment_id = client.get_run(run_id).info.experiment_id
+    models = mlflow.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
+    for model in models:
+        if model.model_id != model_id and model.model_id not in registered:
+            client.delete_logged_model(model.model_id)

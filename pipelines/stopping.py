@@ -147,6 +147,15 @@ def deferred():
     raise_if_stopped()
 
 
+def run_started():
+    """Note that this process started (or resumed) a run: a stop then ends it KILLED."""
+    _state["runs"] = _state.get("runs", 0) + 1
+
+
+def any_run_started():
+    return bool(_state.get("runs"))
+
+
 def raise_if_stopped():
     """Raise `Stopped` again if a stop signal came: its first exception may have been discarded."""
     if _state.get("cause"):

@@ -47,14 +47,25 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 # must not be lost are retried (`retrying`), and an error that persists still reaches the
 # command as an exception.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+CREATING_SUFFIX = ".creating"  # a new SQLite store's name until its schema is complete
+SERVER_ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"  # MLflow's default artifact root, when set
+ALEMBIC_TMP_PREFIX = "_alembic_tmp_"  # a table Alembic copies while it migrates another
+CREATION_QUIET_SECONDS = 30  # a store unchanged this long is no longer being created by anyone
+# The tables a user's work lives in, and which of their rows count (not the Default experiment).
+DATA_TABLES = {"runs": "", "registered_models": "", "logged_models": "", "experiments": "WHERE experiment_id != 0"}
 # The packages a logged model needs to load; naming them skips MLflow's slow inference.
 BACKEND_PACKAGES = {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}
 
 
 def open_store():
-    """Open the tracking store, creating it under a file lock beside a SQLite database:
-    commands started at the same moment on a new store would race to create its tables
-    ("table experiments already exists").
+    """Open the tracking store, creating it first when it is a new SQLite database.
+
+    A new SQLite store is built under another name and renamed into place once complete:
+    MLflow creates its tables in some sixty migrations, and a stop among them (Ctrl-C on
+    the first command) would leave a database every later command fails on. A file lock
+    beside the database serializes commands started at the same moment on a new store,
+    which would otherwise race to create the tables. A store that a stop left half-created
+    elsewhere (`mlflow run` creates the store itself, outside this guard) is rebuilt.
 
     A SQLite store is also switched to write-ahead logging, once (the mode stays with the
     file): sweep workers, system metrics and heartbeats write from many processes and
@@ -66,10 +77,72 @@ def open_store():
         database = Path(uri.removeprefix("sqlite:///").split("?")[0])
         database.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{database}.lock"):
+            if database.exists() and _half_created(database):
+                _remove_sqlite(database)
+            if not database.exists() or database.stat().st_size == 0:
+                _create_sqlite_store(database)
             mlflow.MlflowClient().search_experiments(max_results=1)
-            with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_SECONDS)) as connection:
-                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    connection.execute("PRAGMA journal_mode=WAL")
+            _use_write_ahead_log(database)
+
+
+def _use_write_ahead_log(database):
+    with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_SECONDS)) as connection:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _create_sqlite_store(database):
+    """Create MLflow's schema in `<database>.creating`, then rename it to `database`: a stop
+    at any moment leaves either no store or a whole one."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    building = database.with_name(f"{database.name}{CREATING_SUFFIX}")
+    _remove_sqlite(building)  # what a stop left of an earlier creation
+    # The artifact root MLflow gives the Default experiment, as it would choose it for this store.
+    artifact_root = os.environ.get(SERVER_ARTIFACT_ROOT_ENV, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+    SqlAlchemyStore(f"sqlite:///{building}", artifact_root).engine.dispose()
+    _use_write_ahead_log(building)
+    os.replace(building, database)
+
+
+def _remove_sqlite(database):
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm"), Path(f"{database}-journal")):
+        path.unlink(missing_ok=True)
+
+
+def _half_created(database):
+    """True when a stop cut short the creation of the SQLite store `database`: it holds no
+    runs, experiments or models, has not changed for CREATION_QUIET_SECONDS (no creation is
+    under way), and its schema is incomplete. Such a store is rebuilt. One that holds work
+    is left to MLflow, whose error says what it found."""
+    if database.stat().st_size == 0:
+        return True
+    changed = max(path.stat().st_mtime for path in (database, Path(f"{database}-wal")) if path.exists())
+    if time.time() - changed < CREATION_QUIET_SECONDS:
+        return False
+    with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_SECONDS)) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in tables:
+            counted = DATA_TABLES.get(table.removeprefix(ALEMBIC_TMP_PREFIX))
+            if counted is not None and connection.execute(f'SELECT count(*) FROM "{table}" {counted}').fetchone()[0]:
+                return False
+        version = None
+        if "alembic_version" in tables:
+            version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    leftovers = any(table.startswith(ALEMBIC_TMP_PREFIX) for table in tables)
+    if not leftovers and version is not None and version[0] == _schema_head():
+        return False
+    print(f"warning: {database} was left half-created by a stopped command: created anew", file=sys.stderr)
+    return True
+
+
+def _schema_head():
+    """The schema revision MLflow's migrations end at, as MLflow itself reads it (with Alembic)."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store import db_migrations
+
+    return ScriptDirectory(os.path.dirname(db_migrations.__file__)).get_current_head()
 
 
 @contextlib.contextmanager
@@ -101,6 +174,7 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
             log_system_metrics=bool(system_metrics_interval),
         )
         liveness.HEARTBEAT.add(run.info.run_id, mlflow.get_tracking_uri())
+        stopping.run_started()
     status, tags = "FAILED", {}
     try:
         stopping.raise_if_stopped()

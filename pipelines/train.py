@@ -264,18 +264,17 @@ def train(
         splits = prepare_data(task, variant, params)  # bad data fails here, before any run starts
     datasets = tracking.split_datasets(splits, name=task.name)
     digests = {context: dataset.digest for context, dataset in datasets.items()}
-    restored = None
+    restored, resumption = start_from, None
     if resume_run_id:  # refused here, before the run changes
-        restored = resume.plan(resume_run_id, task, variant, params, digests).checkpoint
+        resumption = resume.plan(resume_run_id, task, variant, params, digests)
+        restored = resumption.checkpoint
         tracking.point_pending_run_to(resume_run_id)
-    elif start_from:
-        restored = start_from
     mlflow.keras.autolog(disable=True)  # tracking.RunSummary and the checkpoints log what it would
     run_tags = {"task": task.name, "variant": variant, "entry_point": name, **(tags or {})}
-    if restored:
-        run_tags |= {resume.FROM_EPOCH_TAG: restored.epoch, resume.EPOCHS_TAG: params["epochs"]}
-        if not resume_run_id:
-            run_tags[resume.RESUMED_TAG] = restored.run_id
+    if resumption or restored:
+        run_tags |= {resume.FROM_EPOCH_TAG: restored.epoch if restored else 0, resume.EPOCHS_TAG: params["epochs"]}
+    if restored and not resumption:
+        run_tags[resume.RESUMED_TAG] = restored.run_id
     if run_name is None and not resume_run_id:  # a resumed run keeps its name
         defaults = {param: declared.default for param, declared in declared_params(task, variant).items()}
         run_name = tracking.run_name(name, params, defaults)
@@ -303,7 +302,8 @@ def train(
             )
         tracking.map_installed_packages()  # for log_model, while training runs
         with tempfile.TemporaryDirectory(prefix="checkpoint-") as workdir:
-            checkpoint = checkpoints.RunCheckpoint(run.info.run_id, workdir, early_stopping, restored)
+            kept = resumption.run_folders if resumption else ()
+            checkpoint = checkpoints.RunCheckpoint(run.info.run_id, workdir, early_stopping, restored, kept)
             start = time.perf_counter()
             try:
                 with stopping.deferred():  # TensorFlow's code is no place for a signal's exception
@@ -329,6 +329,8 @@ def train(
         model_step = early_stopping.best_epoch if early_stopping else epochs - 1  # the epoch whose weights it holds
         with stopping.deferred():  # saving too
             model_info = tracking.log_model(model, splits.x_train, outputs, name=name, step=model_step)
+        if resumption:
+            resume.discard_earlier_models(resumption, model_info.model_id)
         # Milliseconds: the runs table shows the digits it is given.
         mlflow.log_metrics({**metrics, "train_time_s": round(train_seconds, 3)}, model_id=model_info.model_id)
         description = tracking.describe_training(

@@ -1,16 +1,21 @@
 """Per-epoch checkpoints in the run's artifacts, resume, and early stopping."""
 
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
-from pipelines import checkpoints, liveness
+from pipelines import checkpoints, liveness, resume, tracking
 from pipelines.cli import main
 from pipelines.data import prepare_data
 from pipelines.train import train
@@ -130,7 +135,6 @@ def test_a_checkpoint_cut_short_is_skipped_and_the_one_before_loads(store, tiny,
         ("other_entry_point", "error: resume: run {run} trained churn, not xor"),
         ("fewer_epochs", "error: epochs: run {run} has trained 2 epochs already; give at least that many"),
         ("other_data", "error: data: the "),
-        ("no_checkpoint", "error: resume: run {run} has no checkpoint to resume from"),
         ("alive", "error: resume: run {run} is RUNNING, its process"),
         ("trial", "error: resume: run {run} is a trial of sweep s; run the sweep again"),
     ],
@@ -159,8 +163,6 @@ def test_resume_refuses_in_one_line_and_leaves_the_run_as_it_was(case, message, 
         if case == "trial":
             tags |= {"sweep": "trial", "optuna.study_name": "s"}
         run_id = store.create_run(os.environ["MLFLOW_EXPERIMENT_ID"], tags=tags).info.run_id
-        if case == "no_checkpoint":
-            store.set_terminated(run_id, "KILLED")
     before = None if case == "unknown" else store.get_run(run_id).info
     capsys.readouterr()
 
@@ -191,3 +193,140 @@ def test_early_stopping_keeps_the_best_epoch_and_logs_its_model(store, tiny):
     assert val_loss == pytest.approx(losses[best - 1], rel=1e-4) and val_loss != pytest.approx(losses[-1], rel=1e-4)
     # The latest checkpoint and the best one are kept.
     assert checkpoint_folders(store, result.run_id) == [checkpoints.folder(best), checkpoints.folder(stopped)]
+
+
+def test_resume_goes_on_from_the_latest_checkpoint_when_early_stopping_kept_an_earlier_best(store, tiny):
+    """The best epoch's checkpoint is kept beside the latest: resuming loads the latest's epoch and
+    optimizer state and the best's weights for early stopping, each from its own files."""
+    recipe = {"patience": 10}  # never stops these few epochs, but keeps the best
+    reference = train(*tiny.params("churn", epochs=6, **recipe))
+    run_id = train(*tiny.params("churn", epochs=4, **recipe)).run_id
+    best = int(store.get_run(run_id).data.metrics["best_epoch"])
+    assert best < 4, "the recipe's best epoch must come before its last for this test to mean anything"
+    assert checkpoint_folders(store, run_id) == [checkpoints.folder(best), checkpoints.folder(4)]
+
+    assert main(["train", *tiny.argv("churn", epochs=6, **recipe), "--resume", run_id]) == 0
+    resumed = store.get_run(run_id)
+    assert resumed.data.tags["resume.from_epoch"] == "4"
+    assert steps(store, run_id, "val_loss") == list(range(6))
+    for metric in ("val_loss", "loss"):
+        values = [m.value for m in store.get_metric_history(run_id, metric)]
+        assert values == [m.value for m in store.get_metric_history(reference.run_id, metric)], metric
+    assert resumed.data.metrics["test_loss"] == reference.metrics["test_loss"]
+
+
+def test_checkpoints_are_ordered_by_their_epoch_number_not_their_name(store, tiny, tmp_path):
+    run_id = train(*tiny.params("churn", epochs=2)).run_id
+    for epoch in (9999, 10000):  # as text, epoch-9999 sorts after epoch-10000
+        copy_checkpoint(store, run_id, checkpoints.folder(2), epoch, tmp_path)
+    assert checkpoints.latest(run_id).path == "checkpoints/epoch-10000"
+    assert checkpoints.latest(run_id).epoch == 10000
+
+
+def test_a_best_checkpoint_path_outside_the_run_checkpoints_is_never_followed(store, tiny, tmp_path, capsys):
+    run_id = train(*tiny.params("churn", epochs=2)).run_id
+    artifacts = Path(store.get_run(run_id).info.artifact_uri)
+    outside = artifacts.parent / "outside"  # the run's folder, beyond its artifacts
+    outside.mkdir()
+    for name in (checkpoints.WEIGHTS_FILE, checkpoints.METADATA_FILE, checkpoints.STATE_FILE):
+        shutil.copy(artifacts / checkpoints.folder(2) / name, outside / name)
+    copy_checkpoint(store, run_id, checkpoints.folder(2), 3, tmp_path, best_path="../outside")
+
+    found = checkpoints.latest(run_id)
+    assert found.path == checkpoints.folder(2) and found.best_weights is None  # the tampered one is skipped
+    assert f"{checkpoints.folder(3)} of run {run_id} names no checkpoint as its best" in capsys.readouterr().err
+
+
+def test_resume_deletes_every_older_checkpoint_and_leaves_no_temporary_copy(store, tiny, tmp_path, monkeypatch):
+    run_id = train(*tiny.params("churn", epochs=2)).run_id
+    # What a kill between a checkpoint's completion and the deletion of the one before leaves.
+    copy_checkpoint(store, run_id, checkpoints.folder(2), 1, tmp_path)
+    assert checkpoint_folders(store, run_id) == [checkpoints.folder(1), checkpoints.folder(2)]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    assert main(["train", *tiny.argv("churn", epochs=3), "--resume", run_id]) == 0
+    assert checkpoint_folders(store, run_id) == [checkpoints.folder(3)]
+    assert not list(scratch.iterdir())  # the downloaded checkpoint went with the resume
+
+
+def test_a_run_stopped_before_its_first_checkpoint_trains_again_from_the_start(store, tiny):
+    reference = train(*tiny.params("churn", epochs=2))
+    tags = {"entry_point": "churn", "task": "churn", "variant": "mlp"}
+    run_id = store.create_run(os.environ["MLFLOW_EXPERIMENT_ID"], tags=tags).info.run_id
+    store.set_terminated(run_id, "KILLED")
+
+    assert main(["train", *tiny.argv("churn", epochs=2), "--resume", run_id]) == 0
+    resumed = store.get_run(run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["resume.from_epoch"] == "0"
+    assert steps(store, run_id, "loss") == [0, 1]
+    assert resumed.data.metrics["test_loss"] == reference.metrics["test_loss"]
+
+
+def test_resume_finds_the_run_experiment_by_itself(store, tiny):
+    argv = tiny.argv("churn", epochs=2)
+    assert main(["train", *argv, "--experiment", "elsewhere"]) == 0
+    (run,) = store.search_runs([store.get_experiment_by_name("elsewhere").experiment_id])
+    store.set_terminated(run.info.run_id, "KILLED")
+
+    assert main(["train", *tiny.argv("churn", epochs=3), "--resume", run.info.run_id]) == 0
+    assert store.get_run(run.info.run_id).info.status == "FINISHED"
+    assert store.get_experiment_by_name("churn") is None  # nothing created on the way
+
+
+def test_a_second_resume_of_a_run_being_resumed_is_refused(store, tiny, capsys):
+    """The first resume claims the run; a second, reading the run while the first is still
+    starting it (this process, alive), is refused in one line and changes nothing."""
+    run_id = train(*tiny.params("churn", epochs=2)).run_id
+    store.set_terminated(run_id, "KILLED")
+    task, variant, params = tiny.params("churn", epochs=3)
+    digests = {c: d.digest for c, d in tracking.split_datasets(prepare_data(task, variant, params), "churn").items()}
+    first = resume.plan(run_id, task, variant, params, digests)
+    assert first.checkpoint.epoch == 2 and store.get_run(run_id).data.params["resume.claim.1"].split()[1] == str(
+        os.getpid()
+    )
+    capsys.readouterr()
+
+    assert main(["train", *tiny.argv("churn", epochs=3), "--resume", run_id]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: resume: run {run_id} is being resumed by process {os.getpid()} on ")
+    assert store.get_run(run_id).info.status == "KILLED" and steps(store, run_id, "loss") == [0, 1]
+
+
+@pytest.mark.slow
+def test_of_two_resumes_started_at_once_one_trains_and_the_other_is_refused(store, slow_mnist):
+    argv = ["--task", "mnist_cnn", *options(**{**KILL_RECIPE, "epochs": 2, "data": slow_mnist})]
+    assert main(["train", *argv]) == 0
+    (run,) = runs(store)
+    store.set_terminated(run.info.run_id, "KILLED")
+    command = [sys.executable, "-m", "pipelines", "train", *argv[:-2], *options(epochs=3, data=slow_mnist)]
+    resumes = [
+        start([*command, "--resume", run.info.run_id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = sorted((process.wait(timeout=300), process.stderr.read()) for process in resumes)
+
+    (trained, _), (refused, err) = results
+    assert (trained, refused) == (0, 2), err[-3000:]
+    # Refused while the other is claiming the run, or once it trains.
+    refusal = f"error: resume: run {run.info.run_id} is (being resumed by|RUNNING, its process) "
+    assert re.match(refusal, err.strip().splitlines()[-1]), err[-3000:]
+    assert steps(store, run.info.run_id, "loss") == [0, 1, 2]  # each epoch trained and logged once
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    assert len(models) == 1  # the resume's: the interrupted run's own model went with it
+
+
+def copy_checkpoint(client, run_id, source, epoch, tmp_path, best_path=None):
+    """Log a copy of the run's checkpoint in folder `source` as the checkpoint of `epoch`."""
+    folder = tmp_path / f"copy-{epoch}"
+    folder.mkdir()
+    for name in (checkpoints.WEIGHTS_FILE, checkpoints.METADATA_FILE, checkpoints.STATE_FILE):
+        client.download_artifacts(run_id, f"{source}/{name}", str(folder))
+    state = json.loads((folder / checkpoints.STATE_FILE).read_text())
+    state["epoch"] = epoch
+    if best_path:
+        state["early_stopping"] = {"wait": 0, "best": 0.5, "best_epoch": 0, "path": best_path}
+    (folder / checkpoints.STATE_FILE).write_text(json.dumps(state))
+    for name in (checkpoints.WEIGHTS_FILE, checkpoints.METADATA_FILE, checkpoints.STATE_FILE):
+        client.log_artifact(run_id, str(folder / name), checkpoints.folder(epoch))

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from experiments import TASKS, InputError, Param, entry_points, resolve
+from experiments.task import MAX_INT
 from pipelines import mlproject
 from pipelines.cli import COMMANDS
 from pipelines.params import TRAINING_PARAMS, declared_params, parse_params, recipe
@@ -103,7 +104,7 @@ def test_unknown_task_or_variant_is_refused(name, variant, message):
         ({"learning_rate": "abc"}, "learning_rate: 'abc' is not a finite number"),
         ({"learning_rate": "nan"}, "learning_rate: 'nan' is not a finite number"),
         ({"learning_rate": "0"}, "learning_rate: 0.0 is out of range; it must be a number > 0"),
-        ({"epochs": "0"}, "epochs: 0 is out of range; it must be an integer >= 1"),
+        ({"epochs": "0"}, "epochs: 0 is out of range; it must be an integer in [1, 1000000]"),
         ({"epochs": "2.5"}, "epochs: '2.5' is not an integer"),
         ({"dropout": "1.5"}, "dropout: 1.5 is out of range; it must be a number in [0, 1)"),
         ({"shift": "0.5"}, "shift: 0.5 is out of range; it must be a number in [0, 0.5)"),
@@ -185,6 +186,30 @@ def test_any_text_is_an_integer_or_refused_in_one_line(text):
         assert str(refused).startswith("count: ") and "\n" not in str(refused)
     else:
         assert isinstance(value, int) and value >= 1 and float(text) == value
+
+
+@given(st.integers(min_value=1, max_value=MAX_INT))
+def test_an_integer_of_any_size_reads_back_exactly(number):
+    assert COUNT.parse("count", str(number)) == number  # not through float, which rounds past 2**53
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "epochs",
+            "99999999999999999999999",
+            "epochs: 99999999999999999999999 is out of range; it must be an integer in",
+        ),
+        ("seed", "4294967296", "seed: 4294967296 is out of range; it must be an integer in [0, 4294967295]"),
+        ("epochs", "1e999999999", "epochs: 1e999999999 is out of range; it must be an integer in [1, 1000000]"),
+        ("units", "1e30", "units: 1e30 is out of range; it must be an integer >= 1 of at most 64 bits"),
+    ],
+)
+def test_a_huge_integer_is_quoted_as_given_and_refused(name, text, message):
+    task, variant = resolve("mnist_cnn")
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_params(task, variant, {name: text})
 
 
 # --- adding a task touches one file --------------------------------------------------------------

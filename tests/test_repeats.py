@@ -58,7 +58,7 @@ def test_repeats_train_nested_seeds_under_a_parent_that_summarizes_them(store, t
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--repeats", "0"], "error: repeats: 0 is out of range; it must be an integer >= 1"),
+        (["--repeats", "0"], "error: repeats: 0 is out of range; it must be an integer in [1, 1000]"),
         (["--repeats", "two"], "error: repeats: 'two' is not an integer"),
         (["--repeats", "2", "--resume", "abc123"], "error: repeats: resume continues one run"),
     ],

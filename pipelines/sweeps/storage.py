@@ -9,11 +9,14 @@
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
 import socket
+import sys
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -32,6 +35,35 @@ DEFAULT_JOURNAL = Path("mlruns") / "optuna.journal"
 RDB_SCHEMES = ("sqlite", "postgresql")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CONNECT_TIMEOUT_S = 10  # how long `check` waits for a database server to answer
+RECONNECT_DELAYS_S = (0.5, 1, 2, 4, 8, 16)  # between tries of a call whose connection dropped: 31.5 s in all
+# RDBStorage's calls that reach the database (the rest read settings or manage the schema).
+RECONNECTING_METHODS = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
 
 
 def is_rdb(url):
@@ -176,6 +208,55 @@ def _check_connects(url, parsed):
         raise InputError(f"storage: cannot open {describe(url)}: {_reason(error, url)}") from None
 
 
+def _connection_lost(error):
+    """True for what a dropped or refused database connection raises, directly or inside
+    Optuna's StorageInternalError: a server restarting, a network blip, a failover."""
+    if isinstance(error, optuna.exceptions.StorageInternalError):
+        error = error.__cause__
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+
+
+def _reconnecting(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        for delay in (*RECONNECT_DELAYS_S, None):
+            try:
+                return method(self, *args, **kwargs)
+            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+                if delay is None or not _connection_lost(error):
+                    raise
+                if not self.warned:
+                    self.warned = True
+                    print(
+                        f"warning: the study's database dropped the connection ({_reason(error.__cause__ or error)}); "
+                        "trying again",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                time.sleep(delay)
+
+    return call
+
+
+class ReconnectingRDBStorage(RDBStorage):
+    """Optuna's RDBStorage whose every database call outlasts a dropped connection: tried
+    again with backoff for about half a minute (a database server's restart) before the error
+    is raised. `pool_pre_ping` replaces the dead pooled connections; this retries the call a
+    drop cut short, in the worker's thread and in Optuna's heartbeat thread alike.
+
+    A write whose commit reached the database just before the drop is repeated: setting a
+    value or an attribute again is harmless; finishing a trial twice raises Optuna's own
+    error, as finishing a finished trial does."""
+
+    warned = False
+
+
+for _name in RECONNECTING_METHODS:
+    setattr(ReconnectingRDBStorage, _name, _reconnecting(getattr(RDBStorage, _name)))
+
+
 def open_storage(url, heartbeat_interval, on_stale_trial):
     """The Optuna storage for `url` ('' is the default journal file)."""
     if not is_rdb(url):
@@ -188,7 +269,7 @@ def open_storage(url, heartbeat_interval, on_stale_trial):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # the heartbeat, stable since Optuna 2.x
-            return RDBStorage(
+            return ReconnectingRDBStorage(
                 url,
                 engine_kwargs={"pool_pre_ping": True},
                 heartbeat_interval=heartbeat_interval,
@@ -227,7 +308,9 @@ def fail_stale_trials(study, url, on_stale_trial):
     worker's process id tells whether it is still alive.
     """
     if is_rdb(url):
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # stable since Optuna 2.9
+            optuna.storages.fail_stale_trials(study)
         return
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
@@ -275,16 +358,36 @@ def study_lock(url, purpose, study_name=""):
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     digest = hashlib.sha256(f"keras-mlflow-sweep:{purpose}:{study_name}".encode()).digest()
     key = {"key": int.from_bytes(digest[:8], "big", signed=True)}
-    try:
-        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    except sqlalchemy.exc.SQLAlchemyError as error:
-        raise InputError(f"storage: cannot open {describe(url)}: {_reason(error, url)}") from None
-    with connection:  # closing the connection also releases the lock, should the unlock fail
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
+    with _advisory_lock(engine, url, key) as connection:  # closing the connection also releases the lock
         try:
             yield
         finally:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+            try:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+            except sqlalchemy.exc.SQLAlchemyError as error:
+                if not _connection_lost(error):
+                    raise  # else the lock went with the connection
+
+
+def _advisory_lock(engine, url, key):
+    """A connection holding the advisory lock `key`, taken again on a new connection while a
+    dropped one cuts the wait short (as `ReconnectingRDBStorage` does)."""
+    for delay in (*RECONNECT_DELAYS_S, None):
+        try:
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            if delay is None or not _connection_lost(error):
+                raise InputError(f"storage: cannot open {describe(url)}: {_reason(error, url)}") from None
+            time.sleep(delay)
+            continue
+        try:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
+            return connection
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            connection.close()
+            if delay is None or not _connection_lost(error):
+                raise
+            time.sleep(delay)
 
 
 def heartbeat(trial, storage):
