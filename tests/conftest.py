@@ -58,20 +58,24 @@ def _browser_reason():
 
 
 SERVICES = {"postgres": _postgres_reason, "browser": _browser_reason}
+ON_DEMAND = ("real_data", "crash")  # markers whose tests run only when -m names them
 
 
 def pytest_collection_modifyitems(config, items):
-    """The real-data checks run only when asked for (-m real_data), whatever else -m selects.
+    """The real-data checks and the full crash sweep run only when asked for (-m real_data,
+    -m crash), whatever else -m selects.
 
     The `slow` tests go first: each worker starts on its share of this order and takes tests
     from the end of the busiest one's when it runs dry (`--dist=worksteal`), so the many short
     in-process tests come last and even out the workers' ends.
     """
-    if "real_data" not in (config.getoption("markexpr") or ""):
-        deselected = [item for item in items if item.get_closest_marker("real_data")]
+    for on_demand in ON_DEMAND:
+        if on_demand in (config.getoption("markexpr") or ""):
+            continue
+        deselected = [item for item in items if item.get_closest_marker(on_demand)]
         if deselected:
             config.hook.pytest_deselected(items=deselected)
-            items[:] = [item for item in items if not item.get_closest_marker("real_data")]
+            items[:] = [item for item in items if not item.get_closest_marker(on_demand)]
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files keep their order
 
 
