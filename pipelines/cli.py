@@ -407,7 +407,19 @@ def _failure_line(error):
     from pipelines.sweeps.storage import describe
 
     said = str(getattr(error, "message", None) or error).strip().splitlines() or [type(error).__name__]
-    return f"tracking store {describe(mlflow.get_tracking_uri())}: {shown(said[0], limit=MAX_FAILURE_CHARACTERS)}"
+    said = shown(said[0], limit=MAX_FAILURE_CHARACTERS)
+    root = _root_cause(error)
+    if isinstance(root, OSError) and root.strerror and root.strerror not in said:  # what a long message cuts off
+        said = f"{root.strerror} ({said})"
+    return f"tracking store {describe(mlflow.get_tracking_uri())}: {said}"
+
+
+def _root_cause(error):
+    seen = {id(error)}
+    while (error.__cause__ or error.__context__) is not None and id(error.__cause__ or error.__context__) not in seen:
+        error = error.__cause__ or error.__context__
+        seen.add(id(error))
+    return error
 
 
 def _check_launched_experiment(requested, launched_run_id):

@@ -159,9 +159,10 @@ def recover(zygote, case, argv):
     """After the fault: reap, then resume the run (or train again if none had started).
     Returns (the run, problems)."""
     problems = []
-    code, output, _ = case.command(zygote, ["reap", "--experiment", case.experiment] if case.runs() else ["reap"])
-    if code != 0:
-        problems.append(f"reap exited {code}: {output[-600:]}")
+    if any(run.info.status == "RUNNING" for run in case.runs()):  # a SIGKILL's
+        code, output, _ = case.command(zygote, ["reap", "--experiment", case.experiment])
+        if code != 0:
+            problems.append(f"reap exited {code}: {output[-600:]}")
     found = case.runs()
     if len(found) > 1:
         problems.append(f"{len(found)} runs")
@@ -289,6 +290,7 @@ def test_a_stop_while_the_first_command_creates_the_store_leaves_a_store_that_wo
 # --- every call, on demand -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.crash
 @pytest.mark.parametrize("shard", range(SHARDS))
 @pytest.mark.parametrize("fault", FAULTS)
@@ -308,6 +310,7 @@ def test_every_call_of_a_training_survives_each_fault(
     assert not broken, json.dumps(broken, indent=1)
 
 
+@pytest.mark.slow
 @pytest.mark.crash
 @pytest.mark.parametrize("fault", ["kill", "term"])
 def test_every_step_of_a_new_store_creation_survives_a_stop(fault, zygote, tmp_path):

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -36,8 +37,15 @@ RDB_SCHEMES = ("sqlite", "postgresql")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CONNECT_TIMEOUT_S = 10  # how long `check` waits for a database server to answer
 RECONNECT_DELAYS_S = (0.5, 1, 2, 4, 8, 16)  # between tries of a call whose connection dropped: 31.5 s in all
-# RDBStorage's calls that reach the database (the rest read settings or manage the schema).
+_RECONNECTING = []  # the first dropped connection this process retried: it is reported once
+_RETRYING = threading.local()  # set while a thread's outermost storage call is retried
+# RDBStorage's calls that reach the database (the rest read settings or manage the schema), and
+# the private ones Optuna's cache calls on it.
 RECONNECTING_METHODS = (
+    "_create_new_trial",
+    "_get_best_trial_id",
+    "_get_trials",
+    "_set_trial_param",
     "create_new_study",
     "delete_study",
     "set_study_user_attr",
@@ -218,24 +226,31 @@ def _connection_lost(error):
     return isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
 
 
+def _warn_reconnecting(error):
+    """Say once per process why a worker pauses: its database dropped the connection."""
+    if not _RECONNECTING:
+        _RECONNECTING.append(error)
+        reason = _reason(getattr(error, "__cause__", None) or error)
+        print(f"warning: the study's database dropped the connection ({reason}); trying again", file=sys.stderr)
+
+
 def _reconnecting(method):
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        for delay in (*RECONNECT_DELAYS_S, None):
-            try:
-                return method(self, *args, **kwargs)
-            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-                if delay is None or not _connection_lost(error):
-                    raise
-                if not self.warned:
-                    self.warned = True
-                    print(
-                        f"warning: the study's database dropped the connection ({_reason(error.__cause__ or error)}); "
-                        "trying again",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                time.sleep(delay)
+        if getattr(_RETRYING, "active", False):  # inside another retried call: that one retries
+            return method(self, *args, **kwargs)
+        _RETRYING.active = True
+        try:
+            for delay in (*RECONNECT_DELAYS_S, None):
+                try:
+                    return method(self, *args, **kwargs)
+                except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+                    if delay is None or not _connection_lost(error):
+                        raise
+                    _warn_reconnecting(error)
+                    time.sleep(delay)
+        finally:
+            _RETRYING.active = False
 
     return call
 
@@ -249,8 +264,6 @@ class ReconnectingRDBStorage(RDBStorage):
     A write whose commit reached the database just before the drop is repeated: setting a
     value or an attribute again is harmless; finishing a trial twice raises Optuna's own
     error, as finishing a finished trial does."""
-
-    warned = False
 
 
 for _name in RECONNECTING_METHODS:
@@ -378,6 +391,7 @@ def _advisory_lock(engine, url, key):
         except sqlalchemy.exc.SQLAlchemyError as error:
             if delay is None or not _connection_lost(error):
                 raise InputError(f"storage: cannot open {describe(url)}: {_reason(error, url)}") from None
+            _warn_reconnecting(error)
             time.sleep(delay)
             continue
         try:
@@ -387,6 +401,7 @@ def _advisory_lock(engine, url, key):
             connection.close()
             if delay is None or not _connection_lost(error):
                 raise
+            _warn_reconnecting(error)
             time.sleep(delay)
 
 
