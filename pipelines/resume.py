@@ -190,9 +190,6 @@ def discard_earlier_models(resumption, model_id):
     run_id = resumption.run_id
     registered = {version.model_id for version in client.search_model_versions(f"run_id = '{run_id}'")}
     experiment_id = client.get_run(run_id).info.experiment_id
-    models = mlflow.search_logged_models(
-        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
-    )
-    for model in models:
+    for model in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'"):
         if model.model_id != model_id and model.model_id not in registered:
             client.delete_logged_model(model.model_id)
