@@ -117,6 +117,7 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
         self._written_epoch = restored.epoch if restored else 0
         self._logged_epochs = self._written_epoch  # epochs whose metrics are in the run
         self._last_write = float("-inf")
+        self._latest = None  # the folder of the checkpoint written (or restored) last
         self._warned = False
         if restored:  # BackupAndRestore loads what it finds in its backup_dir
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +156,9 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
         super().on_train_begin(logs)
         if self.restored:
             self._log_restored_epochs()
+        if self.restored and self.restored.run_id == self.run_id:
+            # What a kill left beside the checkpoint goes now: no epoch may be left to train.
+            self._forget_superseded(self.restored.path)
         saved = getattr(self, "_saved_early_stopping", None)
         if self.early_stopping is None or saved is None:
             return
@@ -190,6 +194,8 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
     def on_train_end(self, logs=None):
         if self._written_epoch < self._current_epoch:  # stopped early after a skipped write
             self._save_model()
+        elif set(self.kept) - {self._latest, self.best_path}:  # a deletion failed: once more
+            self._forget_superseded(self._latest)
 
     def _save_model(self):
         """Keras' backup into the work folder, then the checkpoint into the run's artifacts."""
@@ -241,6 +247,7 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
 
     def _forget_superseded(self, latest):
         """Delete the run's older checkpoints but the best one."""
+        self._latest = latest
         if latest not in self.kept:
             self.kept.append(latest)
         repository = get_artifact_repository(mlflow.MlflowClient().get_run(self.run_id).info.artifact_uri)
