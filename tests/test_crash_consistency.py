@@ -156,6 +156,20 @@ def outcome_problems(fault, code, output):
     return problems
 
 
+def state_problems(fault, code, case):
+    """What is untrue in the state the fault left the run in, before anything repairs it: a
+    stopped run KILLED, a failed one FAILED (or RUNNING where the store refused its end, for
+    `reap`), a killed one RUNNING (or ended, if the kill came after its end), a run that
+    finished FINISHED."""
+    states = [run.info.status for run in case.runs()]
+    allowed = {
+        ("kill", -signal.SIGKILL): {"RUNNING", "FINISHED"},
+        ("term", 130): {"KILLED"},
+        ("error", 1): {"FAILED", "RUNNING"},
+    }.get((fault, code), {"FINISHED"})
+    return [f"the run was left {state} after exit {code}" for state in states if state not in allowed]
+
+
 def recover(zygote, case, argv):
     """After the fault: reap, then resume the run (or train again if none had started).
     Returns (the run, problems)."""
@@ -225,7 +239,7 @@ def check_cases(zygote, tmp_path, store, data, variant, reference, points):
         name = f"{fault}-{at}"
         case = Case(name, tmp_path / name, store)
         code, output, seen = case.command(zygote, with_experiment(argv, case), fault, at)
-        problems = outcome_problems(fault, code, output)
+        problems = outcome_problems(fault, code, output) + state_problems(fault, code, case)
         run, more = recover(zygote, case, argv)
         problems += more + invariant_problems(case, run, reference, variant)
         outcomes.append({"fault": fault, "at": at, "call": seen.get("label"), "exit": code, "problems": problems})
