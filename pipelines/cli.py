@@ -365,19 +365,37 @@ def main(argv=None):
     except RunFailed as error:
         return _stop(f"error: {error}", "FAILED", EXIT_FAILED, (launched_run_id, FAILED))
     except KeyboardInterrupt as stop:
-        outcome = "the run ended KILLED" if launched_run_id or stopping.any_run_started() else "before any run started"
-        code = _stop(f"stopped ({stop or 'SIGINT'}): {outcome}", "KILLED", EXIT_INTERRUPTED)
-        # `mlflow run` will overwrite KILLED with FAILED once this process exits: put it back then.
-        stopping.keep_status(launcher, launched_run_id, "KILLED")
-        return code
+        return _stopped(stop, launcher, launched_run_id)
     except Exception as error:
         if not isinstance(error, _store_failures()):
             raise  # a bug: its traceback is what fixes it
+        stop = _stop_within(error)
+        if stop is not None:  # a stop that landed in a database's code, which reported it as its own failure
+            return _stopped(stop, launcher, launched_run_id)
         return _stop(f"error: {_failure_line(error)}", "FAILED", EXIT_FAILED, (launched_run_id, FAILED))
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         sys.unraisablehook = unraisable_hook
+
+
+def _stopped(stop, launcher, launched_run_id):
+    outcome = "the run ended KILLED" if launched_run_id or stopping.any_run_started() else "before any run started"
+    code = _stop(f"stopped ({stop or 'SIGINT'}): {outcome}", "KILLED", EXIT_INTERRUPTED)
+    # `mlflow run` will overwrite KILLED with FAILED once this process exits: put it back then.
+    stopping.keep_status(launcher, launched_run_id, "KILLED")
+    return code
+
+
+def _stop_within(error):
+    """The stop (a KeyboardInterrupt) among the exceptions that led to `error`, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 # Failures of the tracking store, the artifact store, a study's database or the disk: (module, class).

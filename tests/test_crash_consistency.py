@@ -294,7 +294,9 @@ def test_a_stop_while_the_first_command_creates_the_store_leaves_a_store_that_wo
     assert code == 0, output[-3000:]
     statements = len(seen["calls"])
     assert seen["calls"][-1] == "rename into place" and statements > 100
-    for fault, at in [("kill", 1), ("kill", statements // 2), ("term", statements // 3), ("kill", statements)]:
+    # SIGTERM while Alembic copies a table: SQLAlchemy reported such a stop as a failure of its own.
+    copying = next(n for n, label in enumerate(seen["calls"], 1) if label.startswith("sql: INSERT INTO _alembic_tmp"))
+    for fault, at in [("kill", 1), ("kill", statements // 2), ("term", copying), ("kill", statements)]:
         case = Case(f"{fault}-{at}", tmp_path / f"{fault}-{at}", None)
         code, output, _ = case.command(zygote, argv, fault, at, store_creation=True)
         assert code in (-signal.SIGKILL, 130) and "Traceback" not in output, output[-3000:]
