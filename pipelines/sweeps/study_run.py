@@ -13,7 +13,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from experiments import resolve
-from pipelines import liveness, tracking
+from pipelines import liveness, stopping, tracking
 from pipelines.sweeps import search_space, storage
 
 MAX_RETRIES = 2  # a trial whose worker died is run again at most this often
@@ -51,6 +51,7 @@ def open_study_run(client, study, experiment_id, task, variant):
         client.set_tag(run_id, "sweep.previous_run_id", previous)
     study.set_user_attr("mlflow_run_id", run_id)
     liveness.HEARTBEAT.add(run_id, mlflow.get_tracking_uri())
+    stopping.run_started()
     return run_id
 
 
