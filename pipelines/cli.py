@@ -389,13 +389,16 @@ def _stopped(stop, launcher, launched_run_id):
 
 def _stop_within(error):
     """The stop (a KeyboardInterrupt) among the exceptions that led to `error`, or None."""
+    return next((cause for cause in _chain(error) if isinstance(cause, KeyboardInterrupt)), None)
+
+
+def _chain(error):
+    """`error`, then each exception that led to it, back to the first."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return error
+        yield error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
-    return None
 
 
 # Failures of the tracking store, the artifact store, a study's database or the disk: (module, class).
@@ -426,18 +429,10 @@ def _failure_line(error):
 
     said = str(getattr(error, "message", None) or error).strip().splitlines() or [type(error).__name__]
     said = shown(said[0], limit=MAX_FAILURE_CHARACTERS)
-    root = _root_cause(error)
+    *_, root = _chain(error)
     if isinstance(root, OSError) and root.strerror and root.strerror not in said:  # what a long message cuts off
         said = f"{root.strerror} ({said})"
     return f"tracking store {describe(mlflow.get_tracking_uri())}: {said}"
-
-
-def _root_cause(error):
-    seen = {id(error)}
-    while (error.__cause__ or error.__context__) is not None and id(error.__cause__ or error.__context__) not in seen:
-        error = error.__cause__ or error.__context__
-        seen.add(id(error))
-    return error
 
 
 def _check_launched_experiment(requested, launched_run_id):

@@ -512,7 +512,7 @@ def test_a_zip_that_is_not_an_npz_is_refused_by_name(store, tmp_path):
     check_answer(store, ["train", "--task", "mnist_mlp", "--data", str(path), *QUICK_TRAINING], False, [str(path)])
 
 
-# --- the cases issue 23 found, by name -----------------------------------------------------------
+# --- the cases an adversarial review found, by name ------------------------------------------------
 
 CHURN_HEADER = ",".join(CHURN_COLUMNS)
 

@@ -196,7 +196,7 @@ def test_commands_that_train_nothing_import_no_tensorflow(argv, allowed, store):
     assert set(line.split()[1:]) <= allowed, completed.stderr[-2000:]
 
 
-# --- bad input and secrets (issue 23) ---
+# --- bad input and secrets ---
 
 PASSWORD = "secretpw"
 

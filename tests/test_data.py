@@ -174,7 +174,7 @@ def test_augment_variant_adds_inverted_copies(mnist_npz):
     np.testing.assert_array_equal(splits.y_train[half:], splits.y_train[:half])
 
 
-# --- FER2013: bad input (issue 23) ---
+# --- FER2013: bad input ---
 
 
 def fer_error(path):
