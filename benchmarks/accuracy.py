@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from report import write_results  # benchmarks/report.py, beside this script
+from report import figures_table, met, stamp, write_results  # benchmarks/report.py, beside this script
 
 PROJECT = Path(__file__).resolve().parents[1]
 OUT = PROJECT / "benchmarks" / "out"
@@ -150,37 +150,31 @@ def write_report(results):
     import keras
     import mlflow
 
-    lines = [
-        "# Accuracy on the real data",
-        "",
-        "Each entry point trained once with its defaults (seed 42) on this project's CI machine "
-        f"({os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-        f"Keras {keras.__version__} on {keras.backend.backend()}, MLflow {mlflow.__version__}).",
-        "`$DATA` is the folder holding mnist.npz and fer2013.tar.gz (`../shared/data` here).",
-        "Train time is `fit` alone; wall time is the whole process: imports, data loading, training, "
-        "evaluation and logging.",
-        "",
-        "Reproduce: `python benchmarks/accuracy.py --data-dir $DATA` (all) or `--only NAME ...`.",
-        "",
-        "| Entry point | Target | Result | Met | Epochs | Train time | Wall time | Stock epoch | Command |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for name in TARGETS:
         if name not in results:
             continue
         result = results[name]
         shown = ", ".join(f"{key.removeprefix('test_')} {value:.4f}" for key, value in result["metrics"].items())
-        lines.append(
-            f"| `{name}` | {TARGETS[name][1]} | {shown} | {'yes' if result['passed'] else '**no**'} "
-            f"| {result['epochs']} | {result['train_time_s']:.0f} s | {result['wall_time_s']:.0f} s "
-            f"| {stock_shown(result.get('stock_epoch_s'))} | `{result['command']}` |"
+        took = (
+            f"{result['train_time_s']:.0f} s of training ({result['epochs']} epochs), "
+            f"{result['wall_time_s']:.0f} s in all"
         )
-    lines += [
-        "",
-        f"Stock epoch: one epoch of the tutorial's conv_net on MNIST in stock Keras (batch 256, the median of "
-        f"{STOCK_REPEATS}), timed before and after the entry points of the same benchmark run; the time budgets "
-        f"scale by the mean of the two over {REFERENCE_EPOCH_S:.0f} s.",
-    ]
+        if result.get("budget_s"):
+            took += f"; {result['train_time_s'] / result['budget_s']:.2f} of a {result['budget_s']:.0f} s budget"
+        if result.get("stock_epoch_s"):
+            took += f" (stock epoch {stock_shown(result['stock_epoch_s'])})"
+        rows.append(
+            (
+                f"`{name}`, default recipe, seed 42",
+                f"{shown}; {took}",
+                f"{TARGETS[name][1]}, {met(result['passed'])}",
+                result["command"],
+                result.get("date", ""),
+                result.get("machine", ""),
+            )
+        )
+    lines = ["# Accuracy on the real data", "", *figures_table(rows)]
     recalled = [name for name in TARGETS if name.startswith("emotion") and results.get(name, {}).get("recall")]
     if recalled:
         classes = list(results[recalled[0]]["recall"])
@@ -189,14 +183,23 @@ def write_report(results):
         for name in recalled:
             values = results[name]["recall"]
             lines.append(f"| `{name}` | " + " | ".join(f"{values.get(c, float('nan')):.2f}" for c in classes) + " |")
-    for name in BUDGETS:
-        budget = results.get(name, {}).get("budget_s")
-        if budget:
-            lines.append(
-                f"\n`{name}`: a budget of {budget:.0f} s of training here ({BUDGETS[name]:.0f} s where the stock "
-                f"epoch takes {REFERENCE_EPOCH_S:.0f} s); it trained for {results[name]['train_time_s']:.0f} s, "
-                f"{results[name]['train_time_s'] / budget:.2f} of the budget."
-            )
+    budgets = ", ".join(f"`{name}` {seconds:.0f} s" for name, seconds in BUDGETS.items())
+    lines += [
+        "",
+        "## Method",
+        "",
+        "- `python benchmarks/accuracy.py --data-dir $DATA` trains every entry point (`--only NAME ...` some) once "
+        "with its defaults, each in its own process with the command shown. `$DATA` is the folder holding "
+        "mnist.npz and fer2013.tar.gz (`../shared/data` here).",
+        '- Training time is `fit` alone; "in all" is the whole process: imports, data loading, training, '
+        "evaluation and logging.",
+        f"- Time budgets scale by the machine: one epoch of the tutorial's conv_net on MNIST in stock Keras "
+        f"(batch 256, the median of {STOCK_REPEATS}) is timed before and after the entry points of the same "
+        f"run, and a budget is its value where that epoch takes {REFERENCE_EPOCH_S:.0f} s ({budgets}) times "
+        f"the mean of the two over {REFERENCE_EPOCH_S:.0f} s.",
+        f"- Python {platform.python_version()}, Keras {keras.__version__} on {keras.backend.backend()}, "
+        f"MLflow {mlflow.__version__}.",
+    ]
     write_results(REPORT, "\n".join(lines))
 
 
@@ -219,7 +222,7 @@ def main():
     for name in args.only:
         print(f"{name} ...", flush=True)
         budget_s = BUDGETS[name] * before / REFERENCE_EPOCH_S if name in BUDGETS else None
-        results[name] = run_one(name, data_dir, budget_s)
+        results[name] = {**run_one(name, data_dir, budget_s), **stamp()}
         print(f"  {results[name]['metrics']} in {results[name]['train_time_s']:.0f} s", flush=True)
         results_file.write_text(json.dumps(results, indent=2))
         write_report(results)

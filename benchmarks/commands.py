@@ -1,9 +1,8 @@
-"""How long the commands that train nothing take to answer: medians of repeated runs, here
-and, with --before, in another checkout of the project (each with its own environment).
+"""How long the commands that train nothing take to answer: medians of repeated runs.
 
-    python benchmarks/commands.py [--before /path/to/older/checkout] [--repeats 5]
+    python benchmarks/commands.py [--repeats 5]
 
-Each command runs in the checkout's folder with a throwaway tracking store. Results go to
+Each command runs in the project's folder with a throwaway tracking store. Results go to
 benchmarks/commands.md.
 """
 
@@ -18,7 +17,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-from report import machine, write_results  # noqa: E402  (benchmarks/report.py, beside this script)
+from report import figures_table, met, stamp, versions, write_results  # noqa: E402  (benchmarks/report.py, beside this script)
 
 REPORT = PROJECT / "benchmarks" / "commands.md"
 TARGET_SECONDS = 2.0
@@ -41,8 +40,6 @@ COMMANDS = {
     'python -c "import mlflow"': ["-c", "import mlflow"],
     "mlflow --help": ["-m", "mlflow", "--help"],
 }
-# What an older checkout may not have: its answer is shown as such, not timed.
-NEW_COMMANDS = ("reap",)
 
 
 def seconds(python, checkout, words, env):
@@ -66,33 +63,36 @@ def measure(checkout, repeats):
     return results
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--before", type=Path, help="another checkout of the project, with its .venv")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    before = measure(args.before.resolve(), args.repeats) if args.before else {}
-    after = measure(PROJECT, args.repeats)
-    command = "python benchmarks/commands.py" + (" --before <older checkout>" if args.before else "")
+def write_report(times, repeats, command, measured):
+    """`times`: {command: (median seconds, exit code)}; `measured`: the run's date and machine."""
+    rows = []
+    for label, (median_s, _) in times.items():
+        ours = label.startswith("python -m pipelines")
+        target = f"≤ {TARGET_SECONDS:.0f} s, {met(median_s <= TARGET_SECONDS)}" if ours else "for reference"
+        row = (f"`{label}`: start to exit", f"{median_s:.2f} s", target, command, measured["date"], measured["machine"])
+        rows.append(row)
     lines = [
         "# Commands that train nothing",
         "",
-        f"{machine()}. Wall time from start to exit, median of {args.repeats} runs, each in a new process. "
-        f"Target: at most {TARGET_SECONDS:.0f} s for every command of ours that trains nothing. Produced by:",
+        *figures_table(rows),
         "",
-        f"    {command}",
+        "## Method",
         "",
-        "| Command | Before | After | Target met |",
-        "|---|---|---|---|",
+        f"Wall time from start to exit, the median of {repeats} runs, each in a new process in the project's "
+        "folder, against a throwaway SQLite store created beforehand. Target: at most "
+        f"{TARGET_SECONDS:.0f} s for every command of ours that trains nothing; the others show what the "
+        f"libraries alone cost. {versions()}.",
     ]
-    for label in COMMANDS:
-        then = before.get(label)
-        missing = then is not None and then[1] and set(NEW_COMMANDS) & set(label.split())
-        shown_then = "" if then is None else "(no such command)" if missing else f"{then[0]:.2f} s"
-        ours = label.startswith("python -m pipelines")
-        met = ("yes" if after[label][0] <= TARGET_SECONDS else "**no**") if ours else ""
-        lines.append(f"| `{label}` | {shown_then} | {after[label][0]:.2f} s | {met} |")
     write_results(REPORT, "\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    times = measure(PROJECT, args.repeats)
+    command = "python benchmarks/commands.py" + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
+    write_report(times, args.repeats, command, stamp())
     print(REPORT.read_text())
 
 

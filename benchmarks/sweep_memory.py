@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from report import machine, write_results  # benchmarks/report.py, beside this script
+from report import figures_table, met, stamp, versions, write_results  # benchmarks/report.py, beside this script
 
 PROJECT = Path(__file__).resolve().parents[1]
 OUT = PROJECT / "benchmarks" / "out" / "sweep_memory"
@@ -87,42 +87,62 @@ def run_sweep(mode, data, trials):
     process = subprocess.Popen(
         command, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    after, latest_rss, start = {}, {}, time.monotonic()
+    after, ran_in, latest_rss, start = {}, {}, {}, time.monotonic()
     while process.poll() is None:
         workers, finished = trial_workers(journal)
         latest_rss |= {pid: rss for pid in workers if (rss := rss_mib(pid)) is not None}
         # A worker that has run its last trial exits at once: its last reading stands for it.
         for count, pid in enumerate(finished, start=1):
             after.setdefault(count, latest_rss.get(pid))
+            ran_in.setdefault(count, pid)
         time.sleep(SAMPLE_SECONDS)
     if process.returncode != 0:
         raise RuntimeError(f"the {mode} sweep failed: {process.stderr.read()[-2000:]}")
-    return {"after": after, "minutes": (time.monotonic() - start) / 60}
+    return {"after": after, "ran_in": ran_in, "minutes": (time.monotonic() - start) / 60}
 
 
-def write_report(results, trials, command):
+def growth_by_process(result):
+    """Each worker process's growth, from its second trial to its last, in the order they ran."""
+    trials = {}
+    for count in sorted(result["after"]):
+        trials.setdefault(result["ran_in"][count], []).append(result["after"][count])
+    return [rss[-1] / rss[1] - 1 for rss in trials.values() if len(rss) > 2]
+
+
+def write_report(results, trials, command, measured):
+    rows = []
+    for mode, result in results.items():
+        second, last = result["after"][2], result["after"][trials]
+        growth, processes = last / second - 1, growth_by_process(result)
+        if len(processes) > 1:
+            detail = f"across {len(processes)} processes; within each " + ", ".join(f"{g:+.0%}" for g in processes)
+        else:
+            detail = f"{(last - second) / (trials - 2):.0f} MiB a trial"
+        rows.append(
+            (
+                f"RSS growth, trial 2 to trial {trials}, {MODES[mode][0]}",
+                f"{growth:+.1%} ({second:.0f} to {last:.0f} MiB, {detail}); peak {max(result['after'].values()):.0f} "
+                f"MiB; {result['minutes']:.1f} min",
+                f"< {MAX_GROWTH:.0%}, {met(growth < MAX_GROWTH)}",
+                command,
+                measured["date"],
+                measured["machine"],
+            )
+        )
     lines = [
         f"# Sweep worker memory: {trials} `mnist_cnn` trials on {MAX_SAMPLES:,} MNIST images",
         "",
-        f"Command: `{command}`",
+        *figures_table(rows),
         "",
-        machine(),
+        "## Method",
         "",
-        "Resident set size of the process that ran the trial, read when the study's journal first shows "
-        f"the trial finished. Target: growth from trial 2 to trial {trials} under {MAX_GROWTH:.0%}.",
+        f"One worker runs {trials} trials. After each, the resident set size of the process that ran it (VmRSS "
+        f"in /proc, read every {SAMPLE_SECONDS} s) is taken when the study's journal first shows the trial "
+        f"finished; a worker that has exited counts its last reading. {versions()}.",
         "",
-        f"| Worker | RSS after trial 2 | RSS after trial {trials} | Growth | Peak RSS | Wall time | Target met |",
-        "|---|---|---|---|---|---|---|",
+        "RSS after each trial (MiB):",
+        "",
     ]
-    for mode, result in results.items():
-        second, last = result["after"][2], result["after"][trials]
-        growth = last / second - 1
-        met = "yes" if growth < MAX_GROWTH else "**no**"
-        lines.append(
-            f"| {MODES[mode][0]} | {second:.0f} MiB | {last:.0f} MiB | {growth:+.1%} "
-            f"| {max(result['after'].values()):.0f} MiB | {result['minutes']:.1f} min | {met} |"
-        )
-    lines += ["", "RSS after each trial (MiB):", ""]
     for mode, result in results.items():
         lines.append(f"- {mode}: " + ", ".join(f"{rss:.0f}" for _, rss in sorted(result["after"].items())))
     write_results(RESULTS, "\n".join(lines))
@@ -135,7 +155,7 @@ def main():
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     args = parser.parse_args()
     results = {mode: run_sweep(mode, args.data, args.trials) for mode in args.modes}
-    write_report(results, args.trials, shlex.join(["python", "benchmarks/sweep_memory.py", *sys.argv[1:]]))
+    write_report(results, args.trials, shlex.join(["python", "benchmarks/sweep_memory.py", *sys.argv[1:]]), stamp())
     print(RESULTS.read_text())
 
 
