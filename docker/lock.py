@@ -1,7 +1,7 @@
 """Write docker/requirements.lock: every package the project needs, at the exact version pip
 resolves from pyproject.toml's pins, so that the images install exactly what the tests ran with.
 
-    python docker/lock.py    # after changing a pin in pyproject.toml (pip resolves; ~40 s)
+    python docker/lock.py    # after changing a pin in pyproject.toml (pip resolves)
 """
 
 import json

@@ -9,7 +9,7 @@ from pipelines.cli import main
 if __name__ == "__main__":
     stopping.arm_watchdog()  # this process is the command's own: a stop stuck in TensorFlow may end it
     code = main()
-    # The interpreter's last garbage collection walks TensorFlow's object graph for up to 10 s
+    # The interpreter's last garbage collection walks TensorFlow's object graph for seconds
     # after a training's last line: nothing is left to free that the exit won't free anyway.
     gc.freeze()
     sys.exit(code)

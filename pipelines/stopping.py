@@ -12,8 +12,8 @@ a run's final status survives `mlflow run`.
   land where Python discards it (a weakref callback, a `__del__`): the stop is remembered
   and raised again where the code checks for it, every wait loop included.
 - TensorFlow can block the main thread in C++ for many seconds (starting an epoch's input
-  pipeline took up to 18 s on full MNIST), and no Python runs there, not even the signal
-  handler. A watchdog thread, woken by the signal itself (`signal.set_wakeup_fd`), forces
+  pipeline on full MNIST, say), and no Python runs there, not even the signal handler.
+  A watchdog thread, woken by the signal itself (`signal.set_wakeup_fd`), forces
   the stop once STOP_GRACE_SECONDS pass without the training raising it: the hooks the run
   and the sweep trial registered (`on_forced_stop`) end them KILLED and FAIL, and the
   process exits with code 130.

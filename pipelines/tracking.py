@@ -329,10 +329,10 @@ def map_installed_packages():
     """Start MLflow's map of the installed packages, once per process, in a thread.
 
     Logging a model checks its pinned requirements against this environment, and MLflow
-    first maps every installed package to its modules: about 1 s of Python here, paid in each
-    run's last steps. Started as training starts, it runs while TensorFlow's kernels leave the
-    GIL free. `log_model` joins it. (A private MLflow function: if it moves, nothing is started
-    and MLflow builds the map in `log_model`, as it would anyway.)"""
+    first maps every installed package to its modules, in pure Python, a cost each run would
+    pay in its last steps. Started as training starts, it runs while TensorFlow's kernels
+    leave the GIL free. `log_model` joins it. (A private MLflow function: if it moves,
+    nothing is started and MLflow builds the map in `log_model`, as it would anyway.)"""
     from mlflow.utils import requirements_utils
 
     build = getattr(requirements_utils, "_init_modules_to_packages_map", None)
@@ -373,7 +373,7 @@ def log_model(model, examples, outputs, name="model", step=0):
 class _KerasFlavor:
     """`mlflow.keras`, but creating the model folder before the input example is written
     into it: MLflow 3.17's `mlflow.keras.log_model(input_example=...)` fails with
-    FileNotFoundError otherwise (mlflow/mlflow#16183, still open)."""
+    FileNotFoundError otherwise (mlflow/mlflow#16183)."""
 
     @staticmethod
     def save_model(path, validate_serving_input=None, **kwargs):  # Model.log passes its own kwargs on

@@ -26,8 +26,8 @@ from pipelines.params import declared_params, knob_values
 EVALUATION_BATCH_SIZE = 1024
 # Steps run per call into the compiled train function. Batch-end callbacks (autolog's,
 # TerminateOnNaN) and Python dispatch then cost once per 32 steps instead of every step:
-# churn trains 2.3 times faster than stock Keras; conv nets, bound by their kernels, gain
-# little (benchmarks/performance.md).
+# small models such as churn gain most; conv nets, bound by their kernels, gain little
+# (benchmarks/performance.md).
 STEPS_PER_EXECUTION = 32
 # tf.data's autotuning thread sleeps between its rounds, and an iterator's end waits for it to
 # wake: up to several seconds at every epoch's end. Gathering a batch costs next to nothing,
@@ -122,7 +122,7 @@ class ShuffledBatches(keras.callbacks.Callback):
     so a resumed training sees each epoch's batches in the order an uninterrupted one did.
     Shuffling indices and gathering keeps no second copy of the data in a shuffle buffer,
     and the pipeline is cheaper to start every epoch than the one Keras builds around
-    arrays, which cost `xor` a third of its training time. Pass it to `fit` as a callback
+    arrays, whose start weighs on small models' short epochs. Pass it to `fit` as a callback
     too: it sets the epoch before each one starts.
     """
 

@@ -512,7 +512,7 @@ def test_a_zip_that_is_not_an_npz_is_refused_by_name(store, tmp_path):
     check_answer(store, ["train", "--task", "mnist_mlp", "--data", str(path), *QUICK_TRAINING], False, [str(path)])
 
 
-# --- the cases an adversarial review found, by name ------------------------------------------------
+# --- edge cases, each by name ---------------------------------------------------------------------
 
 CHURN_HEADER = ",".join(CHURN_COLUMNS)
 
@@ -537,7 +537,7 @@ def mnist_arrays(**changes):
     return {**arrays, **changes}
 
 
-FOUND_CASES = {
+EDGE_CASES = {
     "seed 2^32": (["--task", "xor", "--seed", "4294967296"], None, "error: seed: 4294967296 is out of range"),
     "max_samples 1": (["--task", "iris", "--max_samples", "1"], None, "error: max_samples, validation_fraction:"),
     "iris 3 and 0.9": (
@@ -581,8 +581,8 @@ FOUND_CASES = {
 }
 
 
-@pytest.mark.parametrize(("argv", "data", "message"), FOUND_CASES.values(), ids=FOUND_CASES.keys())
-def test_each_case_issue_23_found_is_one_line_naming_the_parameter_or_file(argv, data, message, store, tmp_path):
+@pytest.mark.parametrize(("argv", "data", "message"), EDGE_CASES.values(), ids=EDGE_CASES.keys())
+def test_each_named_case_is_one_line_naming_the_parameter_or_file(argv, data, message, store, tmp_path):
     argv = [word.replace("{tmp}", str(tmp_path)) for word in argv]
     if isinstance(data, str):
         (tmp_path / "churn.csv").write_text(data)

@@ -22,7 +22,7 @@ from pipelines.train import train
 from tests.conftest import _class_images
 from tests.helpers import options, runs, start
 
-# Epochs of a few seconds here, longer than checkpoints.MIN_SECONDS_BETWEEN: each is
+# Epochs of a few seconds, longer than checkpoints.MIN_SECONDS_BETWEEN: each is
 # checkpointed, and the test has time to kill the training in its third.
 KILL_IMAGES = 8000
 KILL_RECIPE = {"epochs": 4, "batch_size": 16, "filters": 8, "units": 16}

@@ -258,7 +258,7 @@ def points_where(calls, fault, *fragments):
 
 @pytest.mark.slow
 def test_stops_and_failures_at_a_sample_of_calls_end_in_a_finished_run(zygote, tmp_path, migrated_store, tiny):
-    """The calls where the faults found here hurt most: between a checkpoint's files, after the
+    """The calls where a fault hurts most: between a checkpoint's files, after the
     model is logged and before it is finalized, before a checkpoint's deletion; SIGTERM while a
     checkpoint is written; a full disk at a checkpoint's state file."""
     data = tiny.data_files["churn"]
@@ -293,7 +293,7 @@ def test_a_stop_while_the_first_command_creates_the_store_leaves_a_store_that_wo
     assert code == 0, output[-3000:]
     statements = len(seen["calls"])
     assert seen["calls"][-1] == "rename into place" and statements > 100
-    # SIGTERM while Alembic copies a table: SQLAlchemy reported such a stop as a failure of its own.
+    # SIGTERM while Alembic copies a table: SQLAlchemy reports such a stop as a failure of its own.
     copying = next(n for n, label in enumerate(seen["calls"], 1) if label.startswith("sql: INSERT INTO _alembic_tmp"))
     training_argv = training(tiny.data_files["churn"], "plain")
     cases = [("kill", 1, ["reap"]), ("kill", statements // 2, ["reap"]), ("kill", statements, ["reap"])]

@@ -23,7 +23,7 @@ from pipelines.cli import COMMANDS
 from pipelines.params import TRAINING_PARAMS, declared_params, parse_params, recipe
 from tests.helpers import PROJECT
 
-ISSUE_ENTRY_POINTS = {
+REQUIRED_ENTRY_POINTS = {
     *("xor", "linear", "iris", "churn", "mnist_mlp", "mnist_mlp_deep", "mnist_mlp_dropout", "mnist_mlp_sgd"),
     *("mnist_cnn", "mnist_cnn_l1", "mnist_cnn_l2", "mnist_cnn_bn", "mnist_cnn_dropout", "mnist_cnn_augment"),
     *("emotion_cnn", "train", "main"),
@@ -37,7 +37,7 @@ def test_mlproject_files_are_generated_from_the_declarations():
 
 def test_mlproject_has_every_entry_point_with_typed_defaults():
     spec = yaml.safe_load(mlproject.MLPROJECT.read_text())
-    assert ISSUE_ENTRY_POINTS <= set(spec["entry_points"])
+    assert REQUIRED_ENTRY_POINTS <= set(spec["entry_points"])
     cnn = spec["entry_points"]["mnist_cnn"]
     assert cnn["parameters"]["epochs"] == {
         "type": "int",

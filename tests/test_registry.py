@@ -390,7 +390,7 @@ def champion_and_challenger(store, challenger_only, champion_only, both_right=70
     [
         (12, 1, [], True, "a significant win (p < alpha 0.05)"),  # p = 0.0034
         (5, 2, [], False, "a win inside the noise"),  # p = 0.45: +3 points, but chance
-        (5, 2, ["--gate", "margin"], True, None),  # today's rule: any win
+        (5, 2, ["--gate", "margin"], True, None),  # the margin gate: any win above the margin
         (1, 10, [], False, "not a win"),  # p = 0.012, but the champion's way
         (12, 1, ["--alpha", "0.001"], False, "a win inside the noise"),
         (12, 1, ["--margin", "0.2"], False, "significant, but not above the margin 0.2"),
@@ -413,7 +413,7 @@ def test_the_paired_gate_moves_the_champion_only_on_a_significant_win(
     assert reason.startswith("promoted: " if promoted else "kept the champion: ") and reason in out
     assert "(95% interval " in reason and "against champion version 1's" in reason
     assert tags["promotion.challenger_interval"] and tags["promotion.champion_interval"]
-    if "margin" in settings[:2]:  # gate=margin: no test, as before
+    if "margin" in settings[:2]:  # gate=margin: no paired test
         assert tags["promotion.gate"] == "margin" and "promotion.test" not in tags and "McNemar" not in reason
         return
     assert why in reason and tags["promotion.gate"] == "paired"

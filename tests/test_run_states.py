@@ -121,8 +121,8 @@ except stopping.Stopped as stop:
 
 @pytest.mark.slow
 def test_a_stop_inside_a_store_query_raises_stopped_without_a_traceback(tmp_path):
-    # The CI failure of 39a3e78: SQLAlchemy took the stop for a lost connection, closed it,
-    # then logged its failure to close the cursor with a traceback.
+    # SQLAlchemy takes a stop inside a query for a lost connection, closes it, then logs its
+    # failure to close the cursor with a traceback.
     done = subprocess.run(
         [sys.executable, "-c", STOP_INSIDE_A_QUERY, str(tmp_path / "store.db")],
         capture_output=True,
@@ -161,7 +161,7 @@ except stopping.Stopped as stop:
 
 @pytest.mark.slow
 def test_a_stop_as_the_run_is_created_ends_it_killed(store):
-    # The CI failure of 475e257: a sweep worker's trial run stayed RUNNING.
+    # A stop just as MLflow has created the run (a sweep worker's trial, say) must not leave it RUNNING.
     done = subprocess.run(
         [sys.executable, "-c", STOP_AS_THE_RUN_IS_CREATED], capture_output=True, text=True, timeout=120
     )
@@ -325,7 +325,7 @@ def test_a_sigkilled_training_stays_running_until_reap_fails_it(store, capsys):
 
 
 def test_a_training_run_logs_system_metrics_every_interval_and_none_at_zero(store, tiny):
-    # Long enough (about 3 s here) for a few samples at one a second.
+    # Long enough for a few samples at one a second.
     assert main(["train", *tiny.argv("xor", epochs=60), "--system_metrics_interval", "1"]) == 0
     assert main(["train", *tiny.argv("xor", epochs=1), "--system_metrics_interval", "0"]) == 0
     sampled, unsampled = sorted(runs(store), key=lambda run: int(run.data.params["epochs"]), reverse=True)

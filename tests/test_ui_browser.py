@@ -19,9 +19,9 @@ from tests.helpers import free_port, options, wait_until_serving
 
 CHROMIUM = shutil.which("chromium")  # Debian's `chromium` package; nothing downloads a browser
 MODEL, ALIAS = "xor", "champion"
-SERVER_START_S = 60  # a cold `mlflow server` takes ~6 s here
+SERVER_START_S = 60  # a cold `mlflow server` starts in seconds; the rest is for a loaded machine
 # Virtual time skips idle waits and pauses while fetches are pending, so the UI's requests
-# finish inside the budget, and a generous one still costs only ~3 s of real time per page.
+# finish inside the budget, and a generous one costs little real time.
 VIRTUAL_TIME_BUDGET_MS = 30_000
 CHROMIUM_TIMEOUT_S = 120
 WINDOW_SIZE = "1400,900"

@@ -85,7 +85,7 @@ def run_worker(spec, splits=None):
     while spec.deadline is None or time.time() < spec.deadline:
         stopping.raise_if_stopped()
         if spec.trials_per_process and trials_run >= spec.trials_per_process:
-            return  # TensorFlow keeps 10-20 MiB of every traced model: a fresh process starts anew
+            return  # TensorFlow keeps memory for every traced model: a fresh process starts anew
         trial = next_trial(study, spec, on_stale)
         if trial is STUDY_DONE:
             return
