@@ -125,7 +125,7 @@ def conv_net(input_shape, num_outputs, filters, units, conv_dropout, dropout, l1
     Each block pools before its ReLU: the tutorial's outputs exactly (ReLU and max pooling
     commute), on a quarter of the values. Batch normalization goes between the two, on the
     pooled values too: Keras' BatchNormalization is unfused on TensorFlow, and on the first
-    block's full 26x26 maps it made a training step 1.6-2.1x as slow.
+    block's full 26x26 maps it would cost much of a training step (benchmarks/performance.md).
     """
     regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
 
@@ -215,10 +215,10 @@ def inverted_test_accuracy(model, splits):
 
 
 MLP_TRAINING = {"epochs": 15, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.001}
-# Cosine decay gets the tutorial's conv_net past 99% in 12 epochs, where a constant rate needs far more.
+# Cosine decay takes the tutorial's conv_net further in 12 epochs than a constant rate does (benchmarks/accuracy.md).
 CNN_TRAINING = {"epochs": 12, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "lr_schedule": "cosine"}
-# The tutorial's conv_net to 99.3% in a tenth of the tutorial's 60 epochs: 6 epochs of
-# batches of 256 from 0.008 (benchmarks/accuracy.md; 8 epochs of 128 from 0.004 took 0.114).
+# The tutorial's conv_net to 99.3% in a tenth of the tutorial's 60 epochs: larger batches at a
+# higher rate, and light shifts (benchmarks/accuracy.md).
 CONV_NET_FAST = {"epochs": 6, "batch_size": 256, "learning_rate": 0.008, "shift": 0.1}
 
 # The builders' knobs: what `-P name=value` sets and a sweep may tune.
@@ -308,7 +308,7 @@ TASK = Task(
         ),
         "cnn_l1": Variant(
             build=conv_net,
-            description="conv_net with an L1 kernel regularizer",
+            description="mnist_cnn's net with an L1 kernel regularizer",
             knobs={**CONV_NET_KNOBS, "l1": L1},
             fixed={"conv_dropout": 0.0, "l2": 0.0, "batch_norm": False},
             defaults=CNN_TRAINING,
@@ -316,7 +316,7 @@ TASK = Task(
         ),
         "cnn_l2": Variant(
             build=conv_net,
-            description="conv_net with an L2 kernel regularizer",
+            description="mnist_cnn's net with an L2 kernel regularizer",
             knobs={**CONV_NET_KNOBS, "l2": L2},
             fixed={"conv_dropout": 0.0, "l1": 0.0, "batch_norm": False},
             defaults=CNN_TRAINING,
@@ -324,7 +324,7 @@ TASK = Task(
         ),
         "cnn_bn": Variant(
             build=conv_net,
-            description="conv_net with batch normalization in every block, dense 128 with dropout, "
+            description="mnist_cnn's net with batch normalization in every block, dense 128 with dropout, "
             "trained on shifted images; served averaged over nine views of each digit (moved 1 pixel)",
             knobs=CONV_NET_KNOBS,
             fixed={"conv_dropout": 0.0, "l1": 0.0, "l2": 0.0, "batch_norm": True},
@@ -336,7 +336,7 @@ TASK = Task(
         ),
         "cnn_dropout": Variant(
             build=conv_net,
-            description="conv_net with dropout after each pooling and before the classifier",
+            description="mnist_cnn's net with dropout after each pooling and before the classifier",
             knobs={**CONV_NET_KNOBS, "conv_dropout": CONV_DROPOUT},
             fixed={"l1": 0.0, "l2": 0.0, "batch_norm": False},
             defaults={**CNN_TRAINING, "dropout": 0.5},
@@ -344,7 +344,8 @@ TASK = Task(
         ),
         "cnn_augment": Variant(
             build=workshop_cnn,
-            description="workshop CNN trained on the images plus colour-inverted copies",
+            description="the workshop CNN (16 5x5, pool, 32 5x5, pool, dense 128 with dropout) trained on the "
+            "images plus colour-inverted copies; tested on both",
             knobs=WORKSHOP_KNOBS,
             defaults=CNN_TRAINING,
             search_space={

@@ -115,7 +115,7 @@ def test_dry_run_prints_the_merged_recipe_and_starts_no_run(store, capsys):
     argv = ["train", "--task", "mnist_cnn_dropout", "--epochs", "3", "--conv_dropout", "0.3", "--dry_run", "true"]
     assert main(argv) == 0
     plan = yaml.safe_load(capsys.readouterr().out)
-    assert plan["entry_point"] == "mnist_cnn_dropout" and plan["model"].startswith("conv_net with dropout")
+    assert plan["entry_point"] == "mnist_cnn_dropout" and plan["model"].startswith("mnist_cnn's net with dropout")
     assert plan["params"]["epochs"] == 3 and plan["params"]["conv_dropout"] == 0.3
     assert plan["params"]["dropout"] == 0.5 and plan["params"]["seed"] == 42  # the variant's and the common defaults
     assert plan["set_by"]["command line"] == ["epochs", "conv_dropout"]
