@@ -57,7 +57,7 @@ SETTINGS = {
     "experiment": Param(
         str,
         "",
-        "the MLflow experiment of the comparison run; empty: $MLFLOW_EXPERIMENT_NAME (or _ID), else comparisons",
+        "the MLflow experiment of the comparison run; empty: comparisons (under mlflow run, the one it chose)",
         max_length=MAX_EXPERIMENT_NAME,
     ),
 }

@@ -71,7 +71,7 @@ def test_every_command_help_lists_its_settings_with_defaults(command, capsys):
     for name, param in COMMANDS[command].settings.items():
         assert f"--{name} " in shown and param.help in shown, name
     if command == "compare":
-        assert "empty: $MLFLOW_EXPERIMENT_NAME (or _ID), else comparisons" in shown
+        assert "empty: comparisons (under mlflow run, the one it chose)" in shown
 
 
 @pytest.mark.parametrize(
