@@ -20,6 +20,8 @@ from report import END_OF_RESULTS, FIGURES_HEADER
 # conv 3x3x64x9x64, dense 576x64 and 64x10.
 CONV_NET_MACS = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 64 * 10
 
+SAMPLE_DATE = "2031-02-03"  # any date: the report writers copy it into the Date column as given
+
 
 def benchmark_script(name):
     """benchmarks/<name>.py as a module (the scripts are not a package)."""
@@ -44,7 +46,7 @@ def test_report_marks_each_target_met_or_missed_and_keeps_the_notes(perf, tmp_pa
     shutil.copy(perf.REPORT, tmp_path / "performance.md")  # the shipped report, notes and all
     notes = perf.REPORT.read_text().split(END_OF_RESULTS)[1]
     monkeypatch.setattr(perf, "REPORT", tmp_path / "performance.md")
-    when = {"date": "2031-02-03", "machine": "Some CPU (AVX2), 2 cores"}
+    when = {"date": SAMPLE_DATE, "machine": "Some CPU (AVX2), 2 cores"}
     results = {
         "overhead": {
             "plain_s": 10.0,
@@ -67,7 +69,7 @@ def test_report_marks_each_target_met_or_missed_and_keeps_the_notes(perf, tmp_pa
     e2e_row = next(line for line in report.splitlines() if line.startswith("| End to end"))
     assert overhead_row.endswith(
         "| 1.100 (11.0 s against 10.0 s) | ≤ 1.05, **missed** | `python benchmarks/perf.py --only overhead` "
-        "| 2031-02-03 | Some CPU (AVX2), 2 cores |"
+        f"| {SAMPLE_DATE} | Some CPU (AVX2), 2 cores |"
     )
     assert "| 1.10 (16.5 s against 15.0 s) | ≤ 1.3, met | `python benchmarks/perf.py --only e2e` |  |  |" in e2e_row
     assert report.split(END_OF_RESULTS)[1].strip() == notes.strip()  # written by hand, kept as they were
@@ -108,7 +110,7 @@ def test_the_crash_figures_count_every_case_and_every_broken_one(tmp_path, monke
     assert by_case == {("sqlite", "plain", "kill"): {"calls": 3, "cases": 3, "broken": 1}}
     assert creation == {"term": {"steps": 5, "broken": 0}}
     monkeypatch.setattr(crash, "REPORT", tmp_path / "crash_consistency.md")
-    crash.write_report(by_case, creation, {"date": "2031-02-03", "machine": "Some CPU, 2 cores"})
+    crash.write_report(by_case, creation, {"date": SAMPLE_DATE, "machine": "Some CPU, 2 cores"})
     report = (tmp_path / "crash_consistency.md").read_text()
     assert "| 1 of 3 cases | 0, **missed** |" in report and "| 0 of 5 cases | 0, met |" in report
 
