@@ -367,11 +367,13 @@ def main(argv=None):
     except KeyboardInterrupt as stop:
         return _stopped(stop, launcher, launched_run_id)
     except Exception as error:
+        # A stop that landed in a library's code, which reported it as its own failure (a database's
+        # error) or swallowed it and failed later (a module left half imported), ends the command as a stop.
+        stop = _stop_within(error) or stopping.stop_received()
+        if stop is not None:
+            return _stopped(stop, launcher, launched_run_id)
         if not isinstance(error, _store_failures()):
             raise  # a bug: its traceback is what fixes it
-        stop = _stop_within(error)
-        if stop is not None:  # a stop that landed in a database's code, which reported it as its own failure
-            return _stopped(stop, launcher, launched_run_id)
         return _stop(f"error: {_failure_line(error)}", "FAILED", EXIT_FAILED, (launched_run_id, FAILED))
     finally:
         for signum, handler in handlers.items():

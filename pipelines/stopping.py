@@ -156,6 +156,12 @@ def any_run_started():
     return bool(_state.get("runs"))
 
 
+def stop_received():
+    """The `Stopped` a stop signal raised, or None if none came. Code that swallowed it (an
+    import half done under a stop, say) fails later in its own way: that failure is the stop's."""
+    return Stopped(_state["cause"]) if _state.get("cause") else None
+
+
 def raise_if_stopped():
     """Raise `Stopped` again if a stop signal came: its first exception may have been discarded."""
     if _state.get("cause"):

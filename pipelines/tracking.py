@@ -178,7 +178,7 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
     status, tags = "FAILED", {}
     try:
         stopping.raise_if_stopped()
-        with stopping.on_forced_stop(functools.partial(_end_killed, run.info.run_id, mlflow.get_tracking_uri())):
+        with stopping.on_forced_stop(functools.partial(end_killed, run.info.run_id, mlflow.get_tracking_uri())):
             yield run
         status = "FINISHED"
     except optuna.TrialPruned:
@@ -193,7 +193,7 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
             end_run(status, tags)
 
 
-def _end_killed(run_id, tracking_uri, cause):
+def end_killed(run_id, tracking_uri, cause):
     """End the run KILLED from the stop watchdog's thread, while the main thread is stuck."""
     client = mlflow.MlflowClient(tracking_uri)
     client.set_tag(run_id, stopping.STOP_CAUSE_TAG, cause)

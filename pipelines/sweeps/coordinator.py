@@ -1,5 +1,6 @@
 """One `sweep` command: open the study and its MLflow run, run the workers, report the best trial."""
 
+import functools
 import itertools
 import os
 import signal
@@ -86,7 +87,11 @@ def run_sweep(task, variant, settings, space, params):
         if in_process:  # TensorFlow only here: a coordinator of worker processes trains nothing itself
             from pipelines.sweeps.worker import run_worker
 
-            run_worker(spec, splits)
+            # A stop stuck in a trial's training is forced from the watchdog's thread: this run ends too.
+            with stopping.on_forced_stop(
+                functools.partial(tracking.end_killed, parent_run_id, mlflow.get_tracking_uri())
+            ):
+                run_worker(spec, splits)
         del splits  # each worker process loads its own
         if not in_process or _wants_trials(study, spec):  # failed trials were retried past trials_per_process
             problems = _run_worker_processes(spec, settings["workers"], study, launched=int(in_process))
