@@ -8,12 +8,12 @@ RUNNING.
 """
 
 import argparse
+import dataclasses
 import functools
 import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import yaml
 
@@ -44,18 +44,21 @@ TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL"}
 
 
 def train_command(line):
+    if line.settings["repeats"] > 1 and line.settings["resume"]:
+        raise InputError("repeats: resume continues one run; give repeats=1 with resume")
+    if line.settings["resume"]:
+        line = _with_resumed_recipe(line)
     task, variant = line.entry_point
     if line.settings["dry_run"]:
-        plan = recipe(task, variant, line.params, line.given)
+        from_run = [name for name in line.params if name not in line.given] if line.settings["resume"] else []
+        plan = recipe(task, variant, line.params, line.given, from_run)
         extra = {name: line.settings[name] for name in ("resume",) if line.settings[name]}
         if line.settings["repeats"] > 1:  # the seeds it would train
             extra["repeats"] = [line.params["seed"] + offset for offset in range(line.settings["repeats"])]
         return _print_dry_run({**plan, **extra})
 
-    if line.settings["repeats"] > 1 and line.settings["resume"]:
-        raise InputError("repeats: resume continues one run; give repeats=1 with resume")
     from pipelines.data import prepare_data
-    from pipelines.tracking import use_experiment
+    from pipelines.tracking import headline, use_experiment
 
     # Bad data is refused before the experiment is created.
     if line.settings["repeats"] > 1:
@@ -82,8 +85,17 @@ def train_command(line):
         system_metrics_interval=line.settings["system_metrics_interval"],
         resume_run_id=line.settings["resume"],
     )
-    print(f"run {result.run_id} finished: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
+    print(f"run {result.run_id} finished: {headline(result.metrics, task.primary_metric)}")
     return 0
+
+
+def _with_resumed_recipe(line):
+    """`line` with the entry point and the parameters of the run it resumes: the run's own, those given applied."""
+    from pipelines.resume import entry_point_of, own_params
+
+    entry_point = line.entry_point or entry_point_of(line.settings["resume"])
+    texts = own_params(line.settings["resume"], *entry_point, line.given)
+    return dataclasses.replace(line, entry_point=entry_point, params=parse_params(*entry_point, texts))
 
 
 def sweep_command(line):
@@ -137,7 +149,7 @@ def workflow_command(line):
     return 0
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Command:
     run: Callable  # (CommandLine) -> exit code
     help: str
@@ -191,15 +203,15 @@ COMMANDS = {
 # --- parsing: one pass, built from the declarations ----------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CommandLine:
     """What the words after `python -m pipelines` ask for, every value checked."""
 
     command: str
     settings: dict  # every setting of the command: given, else its declared default
-    entry_point: tuple | None = None  # (task, variant), for the commands that run one
-    params: dict = field(default_factory=dict)  # the entry point's training parameters, defaults included
-    given: dict = field(default_factory=dict)  # those given on the command line, as given
+    entry_point: tuple | None = None  # (task, variant) for the commands that run one; a resume may leave it to its run
+    params: dict = dataclasses.field(default_factory=dict)  # the entry point's training parameters, defaults included
+    given: dict = dataclasses.field(default_factory=dict)  # those given on the command line, as given
 
 
 class _Parser(argparse.ArgumentParser):
@@ -258,7 +270,10 @@ def parse_command_line(argv):
     _add_options(settings_parser, command.settings)
     given_settings, rest = settings_parser.parse_known_args(words)
     settings = {n: getattr(given_settings, n, param.default) for n, param in command.settings.items()}
-    entry_point = resolve(settings["task"], settings["variant"]) if command.training_params else None
+    entry_point = None
+    # A resumed run names its own entry point, once read from the store: a task given must be the run's.
+    if command.training_params and not (settings.get("resume") and not {"task", "variant"} & set(vars(given_settings))):
+        entry_point = resolve(settings["task"], settings["variant"])
     if {"-h", "--help"} & set(rest):
         command_parser(name, command, entry_point).print_help()
         raise SystemExit(0)
@@ -267,7 +282,7 @@ def parse_command_line(argv):
             raise InputError(_unknown_message(rest[0], command, entry_point))
         return CommandLine(name, settings)
     given = _training_params(rest, command, entry_point)
-    return CommandLine(name, settings, entry_point, parse_params(*entry_point, given), given)
+    return CommandLine(name, settings, entry_point, parse_params(*entry_point, given) if entry_point else {}, given)
 
 
 def _command_name(words):
@@ -282,16 +297,16 @@ def _command_name(words):
 
 
 def _training_params(words, command, entry_point):
-    """{name: text} from `--name value` and `--name=value` words."""
-    task, variant = entry_point
-    declared, given = declared_params(task, variant), {}
+    """{name: text} from `--name value` and `--name=value` words; their names are checked against
+    `entry_point`'s, or later once it is known (None)."""
+    declared, given = declared_params(*entry_point) if entry_point else None, {}
     words = list(words)
     while words:
         word = words.pop(0)
         if not word.startswith("--") or len(word) == 2:
             raise InputError(f"unexpected argument '{word}': parameters are given as --name value")
         name, equals, value = word[2:].partition("=")
-        if name not in declared:
+        if declared is not None and name not in declared:
             raise InputError(_unknown_message(word, command, entry_point))
         if not equals:
             if not words or words[0].startswith("--"):
@@ -355,7 +370,7 @@ def main(argv=None):
         _check_launched_experiment(line.settings.get("experiment"), launched_run_id)
 
         def report_forced_stop(cause):  # the stop watchdog's, once the run ended KILLED from its thread
-            print(f"stopped ({cause}): the run ended KILLED", file=sys.stderr, flush=True)
+            print(f"stopped ({cause}): the run ended KILLED{_advice()}", file=sys.stderr, flush=True)
             stopping.keep_status(launcher, launched_run_id, "KILLED")
 
         with stopping.on_forced_stop(report_forced_stop):
@@ -382,11 +397,18 @@ def main(argv=None):
 
 
 def _stopped(stop, launcher, launched_run_id):
-    outcome = "the run ended KILLED" if launched_run_id or stopping.any_run_started() else "before any run started"
+    started = launched_run_id or stopping.any_run_started()
+    outcome = f"the run ended KILLED{_advice()}" if started else "before any run started"
     code = _stop(f"stopped ({stop or 'SIGINT'}): {outcome}", "KILLED", EXIT_INTERRUPTED)
     # `mlflow run` will overwrite KILLED with FAILED once this process exits: put it back then.
     stopping.keep_status(launcher, launched_run_id, "KILLED")
     return code
+
+
+def _advice():
+    """'; <what the user can do next>' after a stop, or ''."""
+    advice = stopping.advice_after_stop()
+    return f"; {advice}" if advice else ""
 
 
 def _stop_within(error):

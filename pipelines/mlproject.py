@@ -15,7 +15,7 @@ import yaml
 
 from experiments import entry_points
 from pipelines.cli import COMMANDS, TRAIN_SETTINGS
-from pipelines.params import ENTRY_POINT_SETTINGS, MAIN_ENTRY_POINT, declared_params
+from pipelines.params import ENTRY_POINT_SETTINGS, MAIN_ENTRY_POINT, changes_from_default, declared_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 MLPROJECT = PROJECT / "MLproject"
@@ -98,12 +98,17 @@ def render(header=HEADER, environment=None):
 def entry_point_table():
     """README's tables: each task's entry point, its model in a few words, its default recipe,
     its knobs and the tutorial result it reproduces; then the entry points built on them."""
-    rows = ["| Entry point | Model | Default recipe | Knobs | Tutorial result |", "|---|---|---|---|---|"]
+    rows = [
+        "| Entry point | Model | Default recipe | Against the task's default | Knobs | Tutorial result |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, (task, variant) in entry_points().items():
         declared = task.variants[variant]
         alias = " (= `main`)" if name == MAIN_ENTRY_POINT else ""
         knobs = ", ".join(f"`{knob}`" for knob in declared.knobs) or "none"
-        row = [f"`{name}`{alias}", declared.description, _recipe(task, variant), knobs, declared.reference or "-"]
+        against = changes_from_default(task, variant) or "-"
+        recipe = _recipe(task, variant)
+        row = [f"`{name}`{alias}", declared.description, recipe, against, knobs, declared.reference or "-"]
         rows.append(f"| {' | '.join(row)} |")
     rows += ["", "| Entry point | What it does |", "|---|---|"]
     rows.append(

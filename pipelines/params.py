@@ -64,8 +64,8 @@ DRY_RUN = Param(bool, False, "print the merged recipe as YAML and exit without s
 RESUME = Param(
     str,
     "",
-    "continue this run (its id) from its last checkpoint: a KILLED, FAILED or lost run, or a FINISHED one "
-    "given more epochs; its other parameters must be the run's",
+    "continue this run (its id) from its last checkpoint, with its own entry point and parameters: a KILLED, "
+    "FAILED or lost run, or a FINISHED one given more epochs",
     pattern="[0-9a-fA-F]*",
 )
 REPEATS = Param(
@@ -81,6 +81,7 @@ SYSTEM_METRICS_INTERVAL = Param(
 )
 # Where an entry point's defaults come from, weakest first; the user's values override all.
 DEFAULT_SOURCES = ("common", "task", "variant")
+RESUMED_RUN = "resumed run"
 
 
 def declared_params(task, variant):
@@ -106,6 +107,32 @@ def default_layers(task, variant):
     return list(zip(DEFAULT_SOURCES, (common, task.defaults, {**knobs, **chosen.defaults}), strict=True))
 
 
+def changes_from_default(task, variant):
+    """What `variant`'s recipe changes against its task's default variant, in words, '' for the
+    default itself: "`l2` 0.0001 added; `epochs` 12 (not 6), `batch_size` 128 (not 256)". An A/B
+    of the two compares all of it, not its model alone."""
+    if variant == task.default_variant:
+        return ""
+    ours, theirs = declared_params(task, variant), declared_params(task, task.default_variant)
+    added = [f"`{name}` {_shown(param.default)}" for name, param in ours.items() if name not in theirs]
+    changed = [
+        f"`{name}` {_shown(param.default)} (not {_shown(theirs[name].default)})"
+        for name, param in ours.items()
+        if name in theirs and param.default != theirs[name].default
+    ]
+    dropped = [f"`{name}`" for name in theirs if name not in ours]
+    parts = [
+        ", ".join(added) + " added" if added else "",
+        ", ".join(changed),
+        ", ".join(dropped) + " dropped" if dropped else "",
+    ]
+    return "; ".join(part for part in parts if part) or "nothing but its model"
+
+
+def _shown(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def parse_params(task, variant, overrides):
     """The entry point's defaults with `overrides` ({name: value or its text}) parsed and checked."""
     declared = declared_params(task, variant)
@@ -120,19 +147,23 @@ def parse_params(task, variant, overrides):
     return params
 
 
-def recipe(task, variant, params, overrides):
+def recipe(task, variant, params, overrides, from_run=()):
     """The merged recipe of a run, as `--dry_run` prints it: every parameter's value (`params`)
-    and where it came from (`overrides`: those given on the command line)."""
+    and where it came from (`overrides`: those given on the command line; `from_run`: those a
+    resumed run keeps)."""
     source = {name: layer for layer, defaults in default_layers(task, variant) for name in defaults if name in params}
-    source |= {name: "command line" for name in overrides}
+    source |= {name: RESUMED_RUN for name in from_run} | {name: "command line" for name in overrides}
+    layers = (*DEFAULT_SOURCES, *([RESUMED_RUN] if from_run else []), "command line")
     chosen = task.variants[variant]
     return {
         "entry_point": task.qualified_name(variant),
         "task": task.name,
         "variant": variant,
         "model": chosen.description,
+        f"against {task.qualified_name(task.default_variant)}": changes_from_default(task, variant)
+        or "it is the default",
         "params": params,
-        "set_by": {layer: [n for n in params if source[n] == layer] for layer in (*DEFAULT_SOURCES, "command line")},
+        "set_by": {layer: [n for n in params if source[n] == layer] for layer in layers},
         "search_space": sorted(chosen.search_space),
     }
 

@@ -39,6 +39,8 @@ GATES = (PAIRED, MARGIN)
 # Promote runs live here, not among the training runs (in whose tables and charts they would
 # pass for models): the runs `mlflow run` creates stay in the experiment it chose.
 PROMOTE_EXPERIMENT = "promotions"
+SERVING_ADDRESS = "127.0.0.1:5001"  # beside the MLflow UI, which takes port 5000
+SERVING_INPUT_EXAMPLE = "serving_input_example.json"  # MLflow writes it beside a model logged with an input example
 SETTINGS = {
     **ENTRY_POINT_SETTINGS,
     "experiment": Param(
@@ -423,6 +425,19 @@ def describe_promotion(name, candidate, decision):
     return f"Promoted run {source}: {outcome}. Why: {decision.reason}."
 
 
+def serving_commands(model_uri):
+    """What a promotion prints to serve the model, then to ask it with the input example it was logged with."""
+    host, port = SERVING_ADDRESS.split(":")
+    example = f"{model_uri}/{SERVING_INPUT_EXAMPLE}"
+    return [
+        "serve it:",
+        f"  TF_CPP_MIN_LOG_LEVEL=3 mlflow models serve -m {model_uri} --env-manager local --host {host} --port {port}",
+        "then ask it, in another terminal, with the model's own input example:",
+        f"  mlflow artifacts download -u {example} | xargs cat | "
+        f"curl -s http://{SERVING_ADDRESS}/invocations -H 'Content-Type: application/json' -d @-",
+    ]
+
+
 def run_promotion(task, variant="", run_id="", study="", margin=0.0, gate=PAIRED, alpha=0.05, experiment=""):
     """Pick, register and gate a run of `task` (a task or entry point name) inside a
     `promote-<model>` MLflow run; print the decision. A challenger that cannot be paired
@@ -469,7 +484,8 @@ def run_promotion(task, variant="", run_id="", study="", margin=0.0, gate=PAIRED
         f"{name} version {decision.version} (run {candidate.run.info.run_id}, {candidate.metric} {candidate.value:.4f})"
     )
     print(f"{CHAMPION}: version {decision.champion}; {decision.reason}")
-    print(f"serve it: mlflow models serve -m models:/{name}@{CHAMPION} --env-manager local")
+    for line in serving_commands(f"models:/{name}@{CHAMPION}"):
+        print(line)
     tracking.print_links(
         {
             "the version": tracking.model_url(name, decision.version),

@@ -2,10 +2,11 @@
 
 The run goes on under its own id: back to RUNNING, its per-epoch metrics continuing at
 the next step, then FINISHED, FAILED or KILLED as any run. A run stopped before its first
-checkpoint trains again from the start. Resuming keeps the run's recipe: every parameter
-must be the one it was trained with, except `epochs`, which may be raised to train a run
-further, a finished one included. The data is compared by content (the splits' digests),
-not by path, so another machine can resume with its own copy of it.
+checkpoint trains again from the start. Resuming keeps the run's recipe: the run id alone
+names the entry point and every parameter, and a parameter given must be the one the run
+was trained with, except `epochs`, which may be raised to train a run further, a finished
+one included. The data is compared by content (the splits' digests), not by path, so
+another machine can resume with its own copy of it (`data`).
 
 Two resumes of one run never both train it. Each claims the run before it trains, with a
 param `resume.claim.<n>`: MLflow never lets a param change once logged, in the store's own
@@ -14,6 +15,7 @@ n. A claim whose process may still be starting the run stops later resumes too.
 """
 
 import os
+import shlex
 import socket
 import time
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from experiments import InputError
+from experiments import InputError, resolve
 from pipelines import checkpoints, liveness
 from pipelines.params import declared_params
 
@@ -43,17 +45,49 @@ class Resumption:
 def experiment_of(run_id, requested):
     """Make the experiment of run `run_id` the current one, and return its id: a resumed run
     stays where it is. An `experiment` setting that names another is refused."""
-    from pipelines.tracking import open_store
-
-    open_store()
-    client = mlflow.MlflowClient()
-    run = _get_run(client, run_id)
-    experiment = client.get_experiment(run.info.experiment_id)
+    run = _read_run(run_id)
+    experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
     if requested and requested != experiment.name:
         raise InputError(f"experiment: run {run_id} is in experiment '{experiment.name}', not '{requested}'")
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`, the launch's run stays in its own
         mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
+
+
+def entry_point_of(run_id):
+    """(task, variant) that run `run_id` trained: what `--resume <id>` goes on with when no task is given."""
+    tags = _read_run(run_id).data.tags
+    if not tags.get("entry_point"):
+        raise InputError(f"resume: run {run_id} is not a training of this project (it has no entry_point tag)")
+    return resolve(tags["entry_point"])
+
+
+def own_params(run_id, task, variant, given):
+    """{name: text} of the parameters run `run_id` trained with, `given` ({name: text}) applied:
+    what a resumed training takes. The epochs are the ones it was last asked for.
+
+    `mlflow run` passes every parameter of an entry point, so under it a value equal to the
+    entry point's default is taken for one the user did not give."""
+    declared, run = declared_params(task, variant), _read_run(run_id)
+    if run.data.tags.get("entry_point") != task.qualified_name(variant):
+        return given  # not this entry point's run: `plan` says so
+    texts = {name: value for name, value in run.data.params.items() if name in declared}
+    if liveness.PROJECT_ENTRY_POINT_TAG in run.data.tags:  # `mlflow run` logged its values shell-quoted: '' for empty
+        texts = {name: shlex.split(value)[0] if value else value for name, value in texts.items()}
+    if EPOCHS_TAG in run.data.tags:
+        texts["epochs"] = run.data.tags[EPOCHS_TAG]
+    if os.environ.get("MLFLOW_RUN_ID"):
+        given = {
+            name: text for name, text in given.items() if declared[name].parse(name, text) != declared[name].default
+        }
+    return {**texts, **given}
+
+
+def _read_run(run_id):
+    from pipelines.tracking import open_store
+
+    open_store()
+    return _get_run(mlflow.MlflowClient(), run_id)
 
 
 def _get_run(client, run_id):
@@ -99,8 +133,6 @@ def plan(run_id, task, variant, params, digests):
     if params["epochs"] < done:
         raise InputError(f"epochs: run {run_id} has trained {done} epochs already; give at least that many")
     _claim(client, run)
-    if checkpoint is None:
-        print(f"run {run_id} has no complete checkpoint: it trains again from the first epoch")
     return Resumption(run_id, checkpoint, checkpoints.run_folders(run_id), run.info.status == "FINISHED")
 
 

@@ -156,6 +156,16 @@ def any_run_started():
     return bool(_state.get("runs"))
 
 
+def advise_after_stop(advice):
+    """What the user can do once a stop has ended the command (the command that resumes the
+    stopped run): said in the line that reports the stop."""
+    _state["advice"] = advice
+
+
+def advice_after_stop():
+    return _state.get("advice")
+
+
 def stop_received():
     """The `Stopped` a stop signal raised, or None if none came. Code that swallowed it (an
     import half done under a stop, say) fails later in its own way: that failure is the stop's."""

@@ -408,14 +408,22 @@ def run_name(entry_point, params, defaults, prefix=None):
     return "-".join(parts)[:MAX_RUN_NAME]
 
 
-def describe_training(entry_point, metrics, primary_metric, params, epochs, train_seconds, digests, history):
-    """The Markdown paragraph a training run shows as its description: its result, epochs,
-    training time and data digests, and where its figures are."""
-    headline = metrics.get(primary_metric)
-    result = f"**{primary_metric} {headline:.4f}**" if headline is not None else "no test result"
+def headline(metrics, primary_metric, bold=False):
+    """'test_accuracy 0.9937 (95% interval 0.9919 to 0.9951)': the test metric runs are ranked by."""
+    value = metrics.get(primary_metric)
+    if value is None:
+        return "no test result"
+    result = f"**{primary_metric} {value:.4f}**" if bold else f"{primary_metric} {value:.4f}"
     interval = [metrics.get(f"{primary_metric}_ci_low"), metrics.get(f"{primary_metric}_ci_high")]
     if None not in interval:
         result += f" (95% interval {interval[0]:.4f} to {interval[1]:.4f})"
+    return result
+
+
+def describe_training(entry_point, metrics, primary_metric, params, epochs, train_seconds, digests, history):
+    """The Markdown paragraph a training run shows as its description: its result, epochs,
+    training time and data digests, and where its figures are."""
+    result = headline(metrics, primary_metric, bold=True)
     last_val = {name: values[-1] for name, values in history.items() if name.startswith("val_") and values}
     validation = ", ".join(f"{name} {value:.4f}" for name, value in sorted(last_val.items()))
     data = ", ".join(f"{context} `{digest}`" for context, digest in digests.items())
@@ -456,6 +464,9 @@ def experiment_of_its_own(name, client=None):
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # the MLflow UI's saved views: an experiment tag per share key
 UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves
+# One user's UI needs neither MLflow's GenAI job runner (some eight processes) nor four
+# workers (benchmarks/commands.md).
+UI_COMMAND = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1"
 UI_WORKFLOW = "workflowType=machine_learning"  # the runs table, not MLflow 3's GenAI overview
 
 
@@ -525,7 +536,7 @@ def ui_base():
     if uri.startswith("sqlite:///"):
         path, _, query = uri.removeprefix("sqlite:///").partition("?")
         uri = "sqlite:///" + str(Path(path).resolve()) + (f"?{query}" if query else "")
-    return UI_DEFAULT_URL, f"mlflow ui --backend-store-uri {uri}"
+    return UI_DEFAULT_URL, f"{UI_COMMAND} --backend-store-uri {uri}"
 
 
 def experiment_url(experiment_id, view_key=None):

@@ -234,6 +234,21 @@ def log_predictions(task, splits, outputs, test_digest):
         mlflow.log_artifact(path, reporting.PREDICTIONS_ARTIFACT.rpartition("/")[0])
 
 
+def start_line(run, resumption, epochs):
+    """What a training says first: its run, and where a resumed one goes on from."""
+    if resumption is None:
+        experiment = mlflow.get_experiment(run.info.experiment_id).name
+        return f"run {run.info.run_id} started: {run.info.run_name}, in experiment '{experiment}'"
+    if resumption.checkpoint is None:
+        return f"run {run.info.run_id} resumed: it has no complete checkpoint, so it trains again from epoch 1"
+    done = resumption.checkpoint.epoch
+    if done >= epochs:
+        rest = "no epoch is left to train: it is tested"
+    else:
+        rest = f"it trains epoch {epochs}" if done + 1 == epochs else f"it trains epochs {done + 1} to {epochs}"
+    return f"run {run.info.run_id} resumed from its checkpoint after epoch {done}: {rest}"
+
+
 def train(
     task,
     variant,
@@ -278,6 +293,7 @@ def train(
     if run_name is None and not resume_run_id:  # a resumed run keeps its name
         defaults = {param: declared.default for param, declared in declared_params(task, variant).items()}
         run_name = tracking.run_name(name, params, defaults)
+    on_its_own = parent_run_id is None and mlflow.active_run() is None  # not a sweep's trial, nor a repeat
     with tracking.mlflow_run(
         run_name=run_name,
         tags=run_tags,
@@ -285,6 +301,9 @@ def train(
         system_metrics_interval=system_metrics_interval,
         run_id=resume_run_id or None,
     ) as run:
+        if on_its_own:
+            print(start_line(run, resumption, params["epochs"]), flush=True)
+            stopping.advise_after_stop(f"resume it: python -m pipelines train --resume {run.info.run_id}")
         # A sweep's workers start their trials at once: a write the busy store refuses is tried again.
         # (A resumed run keeps its first epochs' params; resume.epochs holds the new count.)
         tracking.retrying(lambda: tracking.log_new_params(params))
@@ -346,7 +365,7 @@ def train(
                 {"labels": list(splits.class_names), "matrix": matrix.tolist()},
                 "evaluation/confusion_matrix.json",
             )
-    if parent_run_id is None and mlflow.active_run() is None:  # a sweep or repeats print their own, once
+    if on_its_own:  # a sweep or repeats print their own, once
         experiment_id = run.info.experiment_id
         tracking.print_links(
             {

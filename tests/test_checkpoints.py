@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -14,10 +15,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import yaml
 
+from experiments import resolve
 from pipelines import checkpoints, liveness, resume, tracking
 from pipelines.cli import main
 from pipelines.data import prepare_data
+from pipelines.params import declared_params, parse_params
 from pipelines.train import train
 from tests.conftest import _class_images
 from tests.helpers import options, runs, start
@@ -262,6 +266,46 @@ def test_a_run_stopped_before_its_first_checkpoint_trains_again_from_the_start(s
     assert resumed.info.status == "FINISHED" and resumed.data.tags["resume.from_epoch"] == "0"
     assert steps(store, run_id, "loss") == [0, 1]
     assert resumed.data.metrics["test_loss"] == reference.metrics["test_loss"]
+
+
+def test_resume_by_run_id_alone_takes_the_run_entry_point_and_parameters(store, tiny, capsys):
+    run_id = train(*tiny.params("churn", epochs=2, units=5)).run_id
+    store.set_terminated(run_id, "KILLED")
+    capsys.readouterr()
+
+    assert main(["train", "--resume", run_id, "--epochs", "3"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"run {run_id} resumed from its checkpoint after epoch 2: it trains epoch 3"
+    assert re.fullmatch(
+        rf"run {run_id} finished: test_accuracy 0\.\d{{4}} \(95% interval 0\.\d{{4}} to [01]\.\d{{4}}\)", said[-1]
+    )
+    resumed = store.get_run(run_id)
+    assert resumed.info.status == "FINISHED" and steps(store, run_id, "loss") == [0, 1, 2]
+    # What it trained with is the run's, the epochs it was last given included.
+    assert main(["train", "--resume", run_id, "--dry_run"]) == 0
+    recipe = yaml.safe_load(capsys.readouterr().out)
+    assert recipe["entry_point"] == "churn" and recipe["params"]["units"] == 5 and recipe["params"]["epochs"] == 3
+    assert "units" in recipe["set_by"]["resumed run"] and recipe["set_by"]["command line"] == []
+
+
+def test_under_mlflow_run_a_parameter_at_its_default_is_the_resumed_run_own(store, tiny, monkeypatch):
+    """`mlflow run -e churn -P resume=<id>` passes every parameter of the entry point, each at its default."""
+    run_id = train(*tiny.params("churn", epochs=2, units=5)).run_id
+    task, variant = resolve("churn")
+    passed = {name: str(param.default) for name, param in declared_params(task, variant).items()}
+    monkeypatch.setenv("MLFLOW_RUN_ID", "the-launched-run")
+    params = parse_params(task, variant, resume.own_params(run_id, task, variant, {**passed, "epochs": "4"}))
+    assert params == parse_params(task, variant, tiny.overrides("churn", epochs=4, units=5))
+    # `mlflow run` logs its values shell-quoted: '' for an empty one.
+    tags = {"entry_point": "churn", "mlflow.project.entryPoint": "churn"}
+    launched = store.create_run(os.environ["MLFLOW_EXPERIMENT_ID"], tags=tags).info.run_id
+    for name, value in {"data": "/a folder/churn.csv", "optimizer": "adam", "units": "5"}.items():
+        store.log_param(launched, name, shlex.quote(value))
+    assert resume.own_params(launched, task, variant, {}) == {
+        "data": "/a folder/churn.csv",
+        "optimizer": "adam",
+        "units": "5",
+    }
 
 
 def test_resume_finds_the_run_experiment_by_itself(store, tiny):

@@ -20,7 +20,7 @@ from experiments import TASKS, InputError, Param, entry_points, resolve
 from experiments.task import MAX_INT
 from pipelines import mlproject
 from pipelines.cli import COMMANDS
-from pipelines.params import TRAINING_PARAMS, declared_params, parse_params, recipe
+from pipelines.params import TRAINING_PARAMS, changes_from_default, declared_params, parse_params, recipe
 from tests.helpers import PROJECT
 
 REQUIRED_ENTRY_POINTS = {
@@ -316,3 +316,20 @@ def test_a_builder_takes_its_knobs_and_fixed_values_and_defaults_none_of_them(na
     assert {argument.name for argument in arguments} == set(chosen.knobs) | set(chosen.fixed)
     assert not set(chosen.knobs) & set(chosen.fixed)
     assert [argument.name for argument in arguments if argument.default is not inspect.Parameter.empty] == []
+
+
+@pytest.mark.parametrize("entry_point", sorted(entry_points()))
+def test_a_variant_says_each_default_its_recipe_changes_against_its_task_default(entry_point):
+    task, variant = resolve(entry_point)
+    said = changes_from_default(task, variant)
+    ours, theirs = declared_params(task, variant), declared_params(task, task.default_variant)
+    if variant == task.default_variant:
+        assert said == ""
+        return
+    for name in ours.keys() | theirs.keys():
+        differs = name not in ours or name not in theirs or ours[name].default != theirs[name].default
+        assert (f"`{name}`" in said) == differs, (name, said)
+    (table_row,) = [row for row in mlproject.entry_point_table().splitlines() if row.startswith(f"| `{entry_point}`")]
+    assert said in table_row  # README's table says it
+    dry_run = recipe(task, variant, parse_params(task, variant, {}), {})
+    assert dry_run[f"against {task.qualified_name(task.default_variant)}"] == said  # and --dry_run

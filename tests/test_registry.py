@@ -1,11 +1,11 @@
 """The model registry: promote with a champion gate, compare versions, serve the champion, the whole loop."""
 
 import json
+import os
+import signal
 import subprocess
-import sys
 import tempfile
 import threading
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main
-from pipelines.registry import PROMOTE_EXPERIMENT, promotion_lock, run_promotion
+from pipelines.registry import PROMOTE_EXPERIMENT, SERVING_ADDRESS, promotion_lock, run_promotion
+from pipelines.tracking import INPUT_EXAMPLE_ROWS
 from tests.conftest import TinyRecipe, open_store, restore_store, write_mnist_npz
-from tests.helpers import LOCAL, PROJECT, free_port, mlflow_run, runs, wait_until_serving
+from tests.helpers import PROJECT, free_port, mlflow_run, runs, wait_until_serving
 
 MODEL = "mnist_cnn"
 GOOD, BAD = "0.01", "0.000001"  # a learning rate that learns the tiny digits, and one that cannot
@@ -269,32 +270,29 @@ def test_compare_refuses_unknown_models(spec, message, store, capsys):
 
 
 @pytest.mark.slow
-def test_the_champion_serves_predictions_over_rest(store, good_and_bad):
+def test_the_champion_serves_its_input_example_with_the_commands_promote_prints(store, good_and_bad, capsys):
     good, _ = good_and_bad
+    capsys.readouterr()
     assert promote("--run_id", good.info.run_id) == 0
-    port = free_port()
+    said = capsys.readouterr().out.splitlines()
+    port = str(free_port())  # the printed port may be taken on this machine
+    serve, ask = (next(line for line in said if words in line).strip() for words in ("models serve", "| curl"))
+    serve, ask = (command.replace(SERVING_ADDRESS, f"127.0.0.1:{port}") for command in (serve, ask))
+    serve = serve.replace(f"--port {SERVING_ADDRESS.partition(':')[2]}", f"--port {port}")
     server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion"),
-            *("--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)),
-        ],
-        cwd=PROJECT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        serve, shell=True, cwd=PROJECT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_until_serving(f"http://127.0.0.1:{port}/ping", server, timeout=180)
-        images = np.random.default_rng(0).integers(0, 255, (3, 28, 28, 1)).astype("uint8")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": images.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
+        local = {**os.environ, "no_proxy": "127.0.0.1"}  # straight to the server, whatever proxy the environment names
+        answer = subprocess.run(
+            ["bash", "-c", ask], cwd=PROJECT, env=local, capture_output=True, text=True, timeout=120
         )
-        predictions = np.array(json.load(LOCAL.open(request, timeout=60))["predictions"])
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    assert predictions.shape == (3, 10)
+    predictions = np.array(json.loads(answer.stdout)["predictions"])
+    assert predictions.shape == (INPUT_EXAMPLE_ROWS, 10)
     assert np.allclose(predictions.sum(axis=1), 1, atol=1e-4)  # softmax over the ten digits
 
 

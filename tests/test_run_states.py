@@ -71,15 +71,19 @@ def stop_and_wait(process, signum, to_group, timeout=60):
     ],
     ids=["SIGTERM", "Ctrl-C", "Ctrl-C-with-SIGINT-ignored-by-the-parent"],
 )
-def test_a_stopped_training_ends_its_run_killed(signum, sigint, to_group, store):
-    process = start(TRAIN_FOREVER, sigint=sigint, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    run = wait_until_training(store)
-    stderr = stop_and_wait(process, signum, to_group)
+def test_a_stopped_training_ends_its_run_killed(signum, sigint, to_group, store, tmp_path):
+    with open(tmp_path / "stdout", "w") as stdout:  # a file: a pipe no one reads would fill and block the training
+        process = start(TRAIN_FOREVER, sigint=sigint, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        run = wait_until_training(store)
+        stderr = stop_and_wait(process, signum, to_group)
     assert process.returncode == 130
-    assert stderr.strip().splitlines()[-1] == f"stopped ({signum.name}): the run ended KILLED"
-    assert "Traceback" not in stderr
+    # One line, with the command that resumes the run; nothing from TensorFlow.
+    resume = f"resume it: python -m pipelines train --resume {run.info.run_id}"
+    assert stderr.strip().splitlines() == [f"stopped ({signum.name}): the run ended KILLED; {resume}"]
     stopped = store.get_run(run.info.run_id)
     assert stopped.info.status == "KILLED" and stopped.data.tags["stop.cause"] == signum.name
+    said = (tmp_path / "stdout").read_text().splitlines()
+    assert said[0] == f"run {run.info.run_id} started: {run.info.run_name}, in experiment 'tests'"
 
 
 STOP_INSIDE_A_QUERY = """
@@ -202,9 +206,13 @@ def test_a_training_stuck_outside_python_is_stopped_by_the_watchdog(store, tmp_p
     stderr = stop_and_wait(process, signal.SIGTERM, to_group=False).decode()
     assert time.monotonic() - sent < stopping.STOP_GRACE_SECONDS + 5
     assert process.returncode == 130 and no_traceback(stderr)
-    assert stderr.strip().splitlines()[-1] == "stopped (SIGTERM): the run ended KILLED"
     stopped = runs(store)
     assert len(stopped) == (2 if command[0] == "sweep" else 1)  # the training's run, and a sweep's study run
+    # A training on its own says how to resume it; a sweep's trial is retried by running the sweep again.
+    advice = (
+        f"; resume it: python -m pipelines train --resume {stopped[0].info.run_id}" if command[0] == "train" else ""
+    )
+    assert stderr.strip().splitlines()[-1] == f"stopped (SIGTERM): the run ended KILLED{advice}"
     for run in stopped:
         assert run.info.status == "KILLED" and run.data.tags["stop.cause"] == "SIGTERM", run.data.tags
 

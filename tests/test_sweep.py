@@ -306,17 +306,6 @@ def check_exactly_n_trials(store, study, n_trials):
     return trials
 
 
-def _processes(*pids):
-    """The processes of `pids` still running (a psutil.Process each)."""
-    found = []
-    for pid in pids:
-        try:
-            found.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
 def wait_for_running_trial(study, store, timeout=180, checkpointed=False):
     """A trial in progress on a worker, once its MLflow run exists (and, if `checkpointed`,
     holds a checkpoint): (trial, worker pid)."""
@@ -342,9 +331,11 @@ def test_a_sigkilled_coordinator_stops_its_workers_and_reap_fails_its_run(store,
     coordinator = start_sweep(*tiny.argv("xor", **LONG_TRIAL), *settings)
     study = load_study_when_created("xor-orphans", journal)
     _, worker_pid = wait_for_running_trial(study, store)
+    workers = psutil.Process(coordinator.pid).children(recursive=True)  # each ends its own trial's run
+    assert worker_pid in {worker.pid for worker in workers}
     os.kill(coordinator.pid, signal.SIGKILL)  # its workers keep no one to report to
     coordinator.communicate()
-    _, training_on = psutil.wait_procs(_processes(worker_pid), timeout=30)
+    _, training_on = psutil.wait_procs(workers, timeout=30)
     assert not training_on  # no worker trains on, orphaned
     trials = [run for run in study_runs(store, "trial") if run.info.status != "FINISHED"]
     assert trials and {run.info.status for run in trials} == {"KILLED"}

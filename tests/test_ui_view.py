@@ -163,7 +163,7 @@ def test_a_task_experiment_gets_its_comparison_view_and_the_run_prints_where_to_
     view_link = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=compare-churn"
     assert f"http://127.0.0.1:5000{view_link}" in out
     assert f"/#/experiments/{experiment_id}/runs/{first.run_id}?workflowType=machine_learning" in out
-    assert f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}" in out
+    assert f"{tracking.UI_COMMAND} --backend-store-uri {mlflow.get_tracking_uri()}" in out
 
     train(task, variant, {**params, "seed": 2})  # the view stands as written
     assert store.get_experiment(experiment_id).tags["mlflow.sharedViewState.compare-churn"] == tag
