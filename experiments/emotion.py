@@ -437,4 +437,5 @@ TASK = Task(
     default_variant="cnn",
     defaults={"epochs": 30, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.001},
     data_help="FER2013: " + HOW_TO_GET,
+    pixel_inputs=True,
 )

@@ -359,4 +359,5 @@ TASK = Task(
     },
     default_variant="cnn",
     data_help="MNIST in Keras' mnist.npz layout: " + HOW_TO_GET,
+    pixel_inputs=True,
 )

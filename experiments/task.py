@@ -196,6 +196,7 @@ class Task:
     defaults: dict = field(default_factory=dict)  # training defaults of every variant
     data_help: str = ""  # where the data comes from; a task that reads files says, and takes `data`
     short_entry_point: bool = False  # True: the default variant's entry point is the bare task name
+    pixel_inputs: bool = False  # True: images of 0-255 pixels; a served model takes 0-1 too (`pipelines.pixel_input`)
 
     @property
     def primary_metric(self) -> str:

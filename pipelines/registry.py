@@ -80,6 +80,7 @@ class Decision:
     promoted: bool  # True: the new version became champion now
     reason: str
     evidence: dict = field(default_factory=dict)  # promotion.* tags: the gate, its test, counts, p-value, intervals
+    interval: str = ""  # the version's 95% interval of its metric, "low to high", where known
 
     @property
     def outcome(self):
@@ -164,40 +165,55 @@ def promote(task, variant, candidate, margin, gate=PAIRED, alpha=0.05, evidence=
         if evidence is None and champion is not None and str(champion.version) != version:
             evidence = weigh(task, candidate, champion, gate)
         if version is None:
-            version = str(
-                mlflow.register_model(f"models:/{candidate.model_id}", name, tags=lineage_tags(candidate)).version
-            )
+            version = str(mlflow.register_model(f"models:/{candidate.model_id}", name).version)
         else:
             print(f"run {candidate.run.info.run_id} is already version {version} of {name}: not registered again")
         decision = _gate(task, candidate, version, champion, margin, gate, alpha, evidence)
         client.set_registered_model_alias(name, CHALLENGER, version)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
-        for key, value in {
-            "promotion.decision": decision.outcome,
-            "promotion.reason": decision.reason,
-            **decision.evidence,
-        }.items():
-            client.set_model_version_tag(name, version, key, value)
+        if decision.promoted or decision.outcome == CHALLENGER:  # the champion promoted again keeps its own why
+            tags = version_tags(candidate, decision)
+            for key in DECISION_TAGS & client.get_model_version(name, version).tags.keys() - tags.keys():
+                client.delete_model_version_tag(name, version, key)  # an earlier promotion's
+            for key, value in tags.items():
+                client.set_model_version_tag(name, version, key, value)
+            client.update_model_version(name, version, description=describe_version(candidate, decision))
     return decision
 
 
-def lineage_tags(candidate):
-    """What a version carries to find its run, sweep, data and code."""
-    tags = candidate.run.data.tags
-    lineage = {
-        "source_run_id": candidate.run.info.run_id,
-        "metric": candidate.metric,
-        "metric_value": f"{candidate.value:.6g}",
-        "dataset_digest": tags.get("dataset_digest", ""),
-        "test_dataset_digest": test_digest(candidate.run),
+DECISION_TAGS = {"interval", "compared_with", "p_value"}  # a version's tags that only some decisions have
+
+
+def version_tags(candidate, decision):
+    """A version's tags, few and short, for searches and scripts: its score, the decision and
+    what it was weighed against, its code, and its sweep's trial. Its run is the version's
+    own `run_id`; the full evidence stays on the promote run (`promotion.*`)."""
+    tags, evidence = candidate.run.data.tags, decision.evidence
+    found = {
+        candidate.metric: f"{candidate.value:.6g}",
+        "interval": decision.interval,
+        "decision": decision.outcome,
+        "compared_with": evidence.get("promotion.champion_version", ""),
+        "p_value": evidence.get("promotion.p_value", ""),
         "git_commit": tags.get(tracking.GIT_COMMIT_TAG, "unknown"),
     }
     if "optuna.study_name" in tags:
-        lineage["study"] = tags["optuna.study_name"]
-        lineage["sweep_run_id"] = tags.get("mlflow.parentRunId", "")
-        lineage["trial_number"] = tags.get("optuna.trial_number", "")
-    return lineage
+        found |= {"study": tags["optuna.study_name"], "trial": tags.get("optuna.trial_number", "")}
+    return {key: value for key, value in found.items() if value}
+
+
+def describe_version(candidate, decision):
+    """The version's description (Markdown), read on its registry page: the decision, with the
+    score and interval, what it was weighed against and the verdict, and its source run."""
+    run = candidate.run
+    source = tracking.run_link(run.info.experiment_id, run.info.run_id, run.info.run_name)
+    if decision.promoted:
+        outcome = f"**Promoted to {CHAMPION}**"
+    else:
+        outcome = f"**{CHALLENGER.capitalize()}**, the {CHAMPION} stayed version {decision.champion}"
+    verdict = decision.reason.removeprefix("promoted: ").removeprefix("kept the champion: ")
+    return f"{outcome}: {verdict}.\n\nTrained by run {source}."
 
 
 def test_digest(run):
@@ -235,10 +251,13 @@ class Evidence:
 
 def _gate(task, candidate, version, champion, margin, gate=PAIRED, alpha=0.05, evidence=None):
     metric, value = candidate.metric, candidate.value
+    own_interval = _interval_text(_logged_interval(candidate.run, metric))
+    score = f"{metric} {value:.4f}{own_interval and f' (95% interval {own_interval})'}"
     if champion is None:
-        return Decision(version, version, True, f"no champion yet; {metric} {value:.4f}", {"promotion.gate": gate})
+        return Decision(version, version, True, f"no champion yet; {score}", {"promotion.gate": gate}, own_interval)
     if str(champion.version) == version:
-        return Decision(version, version, False, f"version {version} is already the champion; {metric} {value:.4f}")
+        reason = f"version {version} is already the champion; {score}"
+        return Decision(version, version, False, reason, interval=own_interval)
     evidence = evidence or weigh(task, candidate, champion, gate)
     challenger_ci, champion_ci = (_interval_text(evidence.intervals.get(side)) for side in ("challenger", "champion"))
     verdict = (
@@ -267,8 +286,8 @@ def _gate(task, candidate, version, champion, margin, gate=PAIRED, alpha=0.05, e
             why = f"a significant win (p < alpha {alpha:g})"
         verdict += f": {why}; {test.describe()}"
     if wins:
-        return Decision(version, version, True, f"promoted: {verdict}", tags)
-    return Decision(version, champion.version, False, f"kept the champion: {verdict}", tags)
+        return Decision(version, version, True, f"promoted: {verdict}", tags, challenger_ci)
+    return Decision(version, champion.version, False, f"kept the champion: {verdict}", tags, challenger_ci)
 
 
 def paired_tags(test):
@@ -469,7 +488,6 @@ def run_promotion(task, variant="", run_id="", study="", margin=0.0, gate=PAIRED
                 {"model": name, **settings, "source_run_id": candidate.run.info.run_id, "selection": selection}
             )
             decision = promote(task, variant, candidate, **settings, evidence=evidence)
-            mlflow.log_metric(candidate.metric, candidate.value)
             mlflow.set_tags(
                 {
                     "model_version": decision.version,

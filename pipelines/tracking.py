@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import threading
@@ -28,6 +29,7 @@ mlflow = lazy.load("mlflow")
 plt = lazy.load("matplotlib.pyplot", suppress_warning=True)
 
 INPUT_EXAMPLE_ROWS = 2
+PYFUNC_CODE_FOLDER = "code"  # where MLflow looks for a logged model's own modules
 SQLITE_BUSY_SECONDS = 20  # as long as MLflow's own sessions wait for a busy SQLite database
 END_RUN_RETRIES = 5  # a run's last writes, tried again while the store is briefly unavailable (0.5 s, 1 s, ...)
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
@@ -341,15 +343,19 @@ def map_installed_packages():
     return thread
 
 
-def log_model(model, examples, outputs, name="model", step=0):
+def log_model(model, examples, outputs, name="model", step=0, pixels=False):
     """Log the Keras model (named after its entry point) with its signature, an input
     example and pinned requirements.
 
     The signature's output side comes from `outputs` the model already predicted:
     another predict call here would cost a trace of the predict function. MLflow attaches
-    the run's metrics at `step` to the model: the last epoch's, not the first's."""
+    the run's metrics at `step` to the model: the last epoch's, not the first's. A model
+    of `pixels` takes float32 images at either scale (`pixel_input`): float32 in its
+    signature, since a serving request is cast to the signature's type before the model sees it."""
+    from pipelines import pixel_input  # Keras, as MLflow's Keras flavor imports it
+
     map_installed_packages().join()
-    example = examples[:INPUT_EXAMPLE_ROWS]
+    example = examples[:INPUT_EXAMPLE_ROWS].astype("float32") if pixels else examples[:INPUT_EXAMPLE_ROWS]
     backend = keras.backend.backend()
     requirements = [f"keras=={keras.__version__}"] + [
         f"{package}=={importlib.metadata.version(package)}" for package in BACKEND_PACKAGES.get(backend, [])
@@ -358,11 +364,12 @@ def log_model(model, examples, outputs, name="model", step=0):
         artifact_path=None,
         name=name,
         step=step,
-        flavor=_KerasFlavor,
+        flavor=_KerasFlavor(pixels),
         flavor_name="mlflow.keras",
         model=model,
         signature=mlflow.models.infer_signature(example, outputs[:INPUT_EXAMPLE_ROWS]),
         input_example=example,
+        metadata={"input": pixel_input.CONTRACT} if pixels else None,  # what the signature cannot say: the scale
         pip_requirements=requirements,
         # MLflow would reload the model and predict the example to check that it serves: a
         # second load and predict in every run. The test suite serves logged models instead.
@@ -373,12 +380,23 @@ def log_model(model, examples, outputs, name="model", step=0):
 class _KerasFlavor:
     """`mlflow.keras`, but creating the model folder before the input example is written
     into it: MLflow 3.17's `mlflow.keras.log_model(input_example=...)` fails with
-    FileNotFoundError otherwise (mlflow/mlflow#16183)."""
+    FileNotFoundError otherwise (mlflow/mlflow#16183). A model of pixels loads as a pyfunc
+    through `pixel_input`, copied into the model's own code folder."""
 
-    @staticmethod
-    def save_model(path, validate_serving_input=None, **kwargs):  # Model.log passes its own kwargs on
+    def __init__(self, pixels):
+        self.pixels = pixels
+
+    def save_model(self, path, mlflow_model, validate_serving_input=None, **kwargs):  # Model.log passes its own on
         os.makedirs(path, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
+        mlflow.keras.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        if self.pixels:
+            from pipelines import pixel_input
+
+            os.makedirs(f"{path}/{PYFUNC_CODE_FOLDER}", exist_ok=True)
+            shutil.copy(pixel_input.__file__, f"{path}/{PYFUNC_CODE_FOLDER}/")
+            pyfunc = mlflow_model.flavors["python_function"]
+            pyfunc |= {"loader_module": pixel_input.__name__.rpartition(".")[2], "code": PYFUNC_CODE_FOLDER}
+            mlflow_model.save(f"{path}/MLmodel")
 
 
 def log_figure(figure, artifact_file):

@@ -347,7 +347,9 @@ def train(
         epochs = len(history["loss"])
         model_step = early_stopping.best_epoch if early_stopping else epochs - 1  # the epoch whose weights it holds
         with stopping.deferred():  # saving too
-            model_info = tracking.log_model(model, splits.x_train, outputs, name=name, step=model_step)
+            model_info = tracking.log_model(
+                model, splits.x_train, outputs, name=name, step=model_step, pixels=task.pixel_inputs
+            )
         if resumption:
             resume.discard_earlier_models(resumption, model_info.model_id)
         # Milliseconds: the runs table shows the digits it is given.

@@ -114,7 +114,8 @@ def _run_steps(task, variant, experiment_id, entry_point, steps):
             run_ids[step] = submitted.run_id
             mlflow.set_tag(f"workflow.{step}_run_id", submitted.run_id)
     print(f"workflow {entry_point} finished: " + ", ".join(f"{step} run {run_id}" for step, run_id in run_ids.items()))
-    print(f"serve the champion: mlflow models serve -m models:/{entry_point}@champion --env-manager local")
+    for line in registry.serving_commands(f"models:/{entry_point}@{registry.CHAMPION}"):
+        print(line)
     return run_ids
 
 

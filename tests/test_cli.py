@@ -145,8 +145,8 @@ def test_mlflow_run_trains_an_entry_point_and_logs_a_model_that_predicts_its_met
     (model_output,) = run.outputs.model_outputs
     model = mlflow.pyfunc.load_model(f"models:/{model_output.model_id}")
     assert model.metadata.saved_input_example_info is not None
-    splits = load_mnist(mnist_npz, seed=42)  # raw pixels in: the model scales them itself
-    predicted = np.asarray(model.predict(splits.x_test)).argmax(axis=1)  # the logged metric is the model's
+    splits = load_mnist(mnist_npz, seed=42)  # 0-255 pixels, as float32 as the signature says: the model scales them
+    predicted = np.asarray(model.predict(splits.x_test.astype("float32"))).argmax(axis=1)  # the metric is the model's
     assert run.data.metrics["test_accuracy"] == pytest.approx(np.mean(predicted == splits.y_test))
 
 

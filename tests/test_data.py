@@ -224,7 +224,7 @@ def test_fer_run_without_disgust_test_images_logs_no_disgust_recall(store, tiny,
     matrix = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/evaluation/confusion_matrix.json")
     assert len(matrix["labels"]) == 7
     model = mlflow.pyfunc.load_model(f"models:/{result.model_id}")
-    assert model.predict(np.zeros((1, 48, 48, 1), "uint8")).shape == (1, 7)
+    assert model.predict(np.zeros((1, 48, 48, 1), "float32")).shape == (1, 7)
 
 
 @pytest.mark.parametrize(

@@ -253,14 +253,14 @@ def test_two_sweep_workers_share_one_study_and_the_champion_is_set_through_the_s
     champion = client.get_model_version_by_alias("mnist_cnn", "champion")
     assert champion.tags["study"] == study_name and champion.run_id in {r.info.run_id for r in trial_runs}
     best = max(complete, key=lambda t: t.user_attrs["test_accuracy"])
-    assert float(champion.tags["metric_value"]) == pytest.approx(best.user_attrs["test_accuracy"])
+    assert float(champion.tags["test_accuracy"]) == pytest.approx(best.user_attrs["test_accuracy"])
 
     mlflow.set_tracking_uri(stack["url"])  # load the champion back through the artifact proxy
     try:
         model = mlflow.pyfunc.load_model("models:/mnist_cnn@champion")
     finally:
         mlflow.set_tracking_uri(None)
-    images = np.load(stack["mnist"])["x_test"][:4, :, :, None]  # raw uint8 pixels: the model scales them
+    images = np.load(stack["mnist"])["x_test"][:4, :, :, None].astype("float32")  # 0-255, as the signature says
     assert np.asarray(model.predict(images)).shape == (4, 10)
     assert_secret_never_shown(stack, *(output for _, output in results), output)
 

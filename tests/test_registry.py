@@ -12,8 +12,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 from PIL import Image
 
+from experiments.mnist import load_mnist
 from pipelines.cli import main
 from pipelines.registry import PROMOTE_EXPERIMENT, SERVING_ADDRESS, promotion_lock, run_promotion
 from pipelines.tracking import INPUT_EXAMPLE_ROWS
@@ -81,28 +83,42 @@ def good_and_bad(store, trained_pair):
 # --- promote ----------------------------------------------------------------------------
 
 
-def test_promote_gates_the_champion_tags_lineage_and_is_idempotent(store, good_and_bad, capsys):
+def test_promote_gates_the_champion_describes_the_decision_and_is_idempotent(store, good_and_bad, capsys):
     good, bad = good_and_bad
+    good_accuracy, bad_accuracy = (run.data.metrics["test_accuracy"] for run in (good, bad))
 
     # The first version becomes champion: there is none to beat.
     assert promote("--run_id", bad.info.run_id) == 0
     (first,) = versions(store)
     assert alias_version(store, "champion") == alias_version(store, "challenger") == str(first.version)
-    assert first.tags["source_run_id"] == bad.info.run_id and first.tags["metric"] == "test_accuracy"
-    assert float(first.tags["metric_value"]) == pytest.approx(bad.data.metrics["test_accuracy"], abs=1e-5)
-    assert first.tags["dataset_digest"] == bad.data.tags["dataset_digest"]
-    assert first.tags["git_commit"] == bad.data.tags["mlflow.source.git.commit"]
-    assert first.tags["promotion.decision"] == "champion" and "no champion yet" in first.tags["promotion.reason"]
+    low, high = (bad.data.metrics[f"test_accuracy_ci_{end}"] for end in ("low", "high"))
+    assert first.run_id == bad.info.run_id and first.tags == {
+        "test_accuracy": f"{bad.data.metrics['test_accuracy']:.6g}",
+        "interval": f"{low:.4f} to {high:.4f}",
+        "decision": "champion",
+        "git_commit": bad.data.tags["mlflow.source.git.commit"],
+    }
+    assert first.description == (
+        f"**Promoted to champion**: no champion yet; test_accuracy {bad.data.metrics['test_accuracy']:.4f} "
+        f"(95% interval {low:.4f} to {high:.4f}).\n\n"
+        f"Trained by run [{bad.info.run_name}](#/experiments/{bad.info.experiment_id}/runs/{bad.info.run_id})."
+    )
 
     # Without a run id, the best run is picked; it beats the champion and takes the alias.
     capsys.readouterr()
     assert promote() == 0
     out = capsys.readouterr().out
     second = versions(store)[-1]
-    assert second.tags["source_run_id"] == good.info.run_id
+    assert second.run_id == good.info.run_id
     assert alias_version(store, "champion") == alias_version(store, "challenger") == str(second.version)
-    assert "promoted: test_accuracy" in second.tags["promotion.reason"] and "promoted: test_accuracy" in out
-    assert f"{good.data.metrics['test_accuracy']:.4f}" in out and f"{bad.data.metrics['test_accuracy']:.4f}" in out
+    assert second.tags["decision"] == "champion" and second.tags["compared_with"] == str(first.version)
+    assert float(second.tags["p_value"]) < 0.05 and "promoted: test_accuracy" in out
+    # Its page says why, against what, and links the run it came from.
+    assert second.description.startswith(f"**Promoted to champion**: test_accuracy {good_accuracy:.4f} (95%")
+    assert f"against champion version {first.version}'s {bad_accuracy:.4f}" in second.description
+    assert "a significant win (p < alpha 0.05); McNemar's exact test" in second.description
+    assert f"/runs/{good.info.run_id})." in second.description
+    assert f"{good_accuracy:.4f}" in out and f"{bad_accuracy:.4f}" in out
 
     # Re-promoting the worse run: no new version; it is the challenger, the champion stays.
     assert promote("--run_id", bad.info.run_id) == 0
@@ -111,11 +127,14 @@ def test_promote_gates_the_champion_tags_lineage_and_is_idempotent(store, good_a
     assert alias_version(store, "champion") == str(second.version)
     assert alias_version(store, "challenger") == str(first.version)
     assert "not registered again" in out and "kept the champion" in out
-    assert store.get_model_version(MODEL, first.version).tags["promotion.decision"] == "challenger"
+    again = store.get_model_version(MODEL, first.version)
+    assert again.tags["decision"] == "challenger" and again.tags["compared_with"] == str(second.version)
+    assert again.description.startswith(f"**Challenger**, the champion stayed version {second.version}: test_accur")
 
-    # Each promotion is its own finished run that records its decision.
+    # Each promotion is its own finished run that records its decision, and no metric to rank it as a model.
     promote_runs = promotions(store)
     assert len(promote_runs) == 3 and {r.info.status for r in promote_runs} == {"FINISHED"}
+    assert [r.data.metrics for r in promote_runs] == [{}, {}, {}]
     assert sorted(r.data.tags["promotion.decision"] for r in promote_runs) == ["challenger", "champion", "champion"]
 
 
@@ -137,8 +156,8 @@ def test_a_champion_tested_on_other_data_is_evaluated_again_on_the_challengers(s
     challenger = train_cnn(tiny, BAD, data=other)
     assert promote("--run_id", champion.info.run_id) == 0
     assert promote("--run_id", challenger.info.run_id) == 0
-    reason = store.get_model_version(MODEL, "2").tags["promotion.reason"]
-    assert "evaluated again on this run's test data" in reason and "kept the champion" in reason
+    description = store.get_model_version(MODEL, "2").description
+    assert "evaluated again on this run's test data" in description and "the champion stayed version 1" in description
 
 
 def test_a_second_promotion_waits_for_the_first_and_gates_against_its_version(store, good_and_bad):
@@ -154,7 +173,7 @@ def test_a_second_promotion_waits_for_the_first_and_gates_against_its_version(st
         assert promote("--run_id", bad.info.run_id) == 0  # the first registers (the lock is re-entrant)
     second.join(timeout=300)
     first, then = versions(store)
-    assert first.tags["source_run_id"] == bad.info.run_id and then.tags["source_run_id"] == good.info.run_id
+    assert first.run_id == bad.info.run_id and then.run_id == good.info.run_id
     assert decided["second"].version == str(then.version)
     assert f"against champion version {first.version}'s" in decided["second"].reason  # it saw the first's version
     assert alias_version(store, "champion") == str(then.version)
@@ -270,7 +289,7 @@ def test_compare_refuses_unknown_models(spec, message, store, capsys):
 
 
 @pytest.mark.slow
-def test_the_champion_serves_its_input_example_with_the_commands_promote_prints(store, good_and_bad, capsys):
+def test_the_champion_serves_with_the_commands_promote_prints_at_either_pixel_scale(store, good_and_bad, capsys):
     good, _ = good_and_bad
     capsys.readouterr()
     assert promote("--run_id", good.info.run_id) == 0
@@ -282,11 +301,16 @@ def test_the_champion_serves_its_input_example_with_the_commands_promote_prints(
     server = subprocess.Popen(
         serve, shell=True, cwd=PROJECT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    splits = load_mnist(Path(good.data.params["data"]), seed=int(good.data.params["split_seed"]))
+    images = splits.x_test.astype("float32")
     try:
         wait_until_serving(f"http://127.0.0.1:{port}/ping", server, timeout=180)
         local = {**os.environ, "no_proxy": "127.0.0.1"}  # straight to the server, whatever proxy the environment names
         answer = subprocess.run(
             ["bash", "-c", ask], cwd=PROJECT, env=local, capture_output=True, text=True, timeout=120
+        )
+        raw, normalized, standardized = (
+            ask_server(port, pixels) for pixels in (images, images / 255, (images - 33.3) / 78.6)
         )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -294,6 +318,23 @@ def test_the_champion_serves_its_input_example_with_the_commands_promote_prints(
     predictions = np.array(json.loads(answer.stdout)["predictions"])
     assert predictions.shape == (INPUT_EXAMPLE_ROWS, 10)
     assert np.allclose(predictions.sum(axis=1), 1, atol=1e-4)  # softmax over the ten digits
+    # 0-255 and 0-1 images get one answer, the one the run's test accuracy was measured on.
+    assert raw.status_code == normalized.status_code == 200, (raw.text[:300], normalized.text[:300])
+    raw, normalized = (np.array(reply.json()["predictions"]) for reply in (raw, normalized))
+    np.testing.assert_allclose(normalized, raw, atol=1e-5)
+    assert np.mean(raw.argmax(axis=1) == splits.y_test) == pytest.approx(good.data.metrics["test_accuracy"])
+    # Standardized pixels are neither scale: refused, with the contract, not answered.
+    assert standardized.status_code == 400
+    assert "the model takes float32 pixels 0-255, or 0-1" in standardized.json()["message"]
+
+
+def ask_server(port, images):
+    return requests.post(
+        f"http://127.0.0.1:{port}/invocations",
+        json={"inputs": images.tolist()},
+        proxies={"http": None},
+        timeout=120,
+    )
 
 
 # --- the whole loop ---------------------------------------------------------------------
@@ -325,9 +366,9 @@ def test_mlflow_run_workflow_sweeps_promotes_and_compares(store, tmp_path):
         assert run.data.params["epochs"] == "3" and run.data.params["batch_size"] == "2"
 
     champion = store.get_model_version_by_alias("xor", "champion")
-    assert champion.tags["study"] == "xor" and champion.tags["sweep_run_id"] == sweep.info.run_id
-    trial = store.get_run(champion.tags["source_run_id"])
+    trial = store.get_run(champion.run_id)
     assert trial.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+    assert champion.tags["study"] == "xor" and champion.tags["trial"] == trial.data.tags["optuna.trial_number"]
     report = PROJECT / "reports" / "compare-xor.html"  # compare's default local file
     assert "<td>xor</td>" in report.read_text()
     report.unlink()
@@ -405,14 +446,17 @@ def test_the_paired_gate_moves_the_champion_only_on_a_significant_win(
     out = capsys.readouterr().out
     assert alias_version(store, "champion") == ("2" if promoted else "1")
     version = store.get_model_version(MODEL, "2")
-    tags = version.tags
-    assert tags["promotion.decision"] == ("champion" if promoted else "challenger")
+    (promote_run,) = [r for r in promotions(store) if r.data.tags["model_version"] == "2"]
+    tags = promote_run.data.tags  # the whole evidence; the version keeps the few tags a search needs
+    assert version.tags["decision"] == tags["promotion.decision"] == ("champion" if promoted else "challenger")
     reason = tags["promotion.reason"]
     assert reason.startswith("promoted: " if promoted else "kept the champion: ") and reason in out
     assert "(95% interval " in reason and "against champion version 1's" in reason
-    assert tags["promotion.challenger_interval"] and tags["promotion.champion_interval"]
+    assert reason.partition(": ")[2] in version.description and version.tags["compared_with"] == "1"
+    assert tags["promotion.challenger_interval"] == version.tags["interval"] and tags["promotion.champion_interval"]
     if "margin" in settings[:2]:  # gate=margin: no paired test
         assert tags["promotion.gate"] == "margin" and "promotion.test" not in tags and "McNemar" not in reason
+        assert "p_value" not in version.tags
         return
     assert why in reason and tags["promotion.gate"] == "paired"
     from pipelines.significance import mcnemar
@@ -422,8 +466,7 @@ def test_the_paired_gate_moves_the_champion_only_on_a_significant_win(
     assert tags["promotion.champion_only_right"] == str(champion_only)
     assert float(tags["promotion.p_value"]) == pytest.approx(mcnemar(challenger_only, champion_only), rel=1e-5)
     assert f"{challenger_only} only the challenger gets right, {champion_only} only the champion" in reason
-    (promote_run,) = [r for r in promotions(store) if r.data.tags["model_version"] == "2"]
-    assert promote_run.data.tags["promotion.p_value"] == tags["promotion.p_value"]
+    assert version.tags["p_value"] == tags["promotion.p_value"]
     assert promote_run.data.params["gate"] == "paired"
 
 
@@ -437,13 +480,14 @@ def test_the_paired_gate_on_a_regression_uses_a_paired_bootstrap(store):
     for run in (champion, close, better):
         assert main(["promote", "--task", "linear", "--run_id", run.info.run_id]) == 0
     first, second, third = versions(store, "linear")
-    assert first.tags["promotion.decision"] == "champion"
-    assert second.tags["promotion.decision"] == "challenger" and "inside the noise" in second.tags["promotion.reason"]
-    assert third.tags["promotion.decision"] == "champion" and alias_version(store, "champion", "linear") == "3"
-    assert third.tags["promotion.test"] == "paired_bootstrap" and float(third.tags["promotion.p_value"]) < 0.01
-    low, high = (float(end) for end in third.tags["promotion.gain_interval"].split(" to "))
-    assert 0 < low < float(third.tags["promotion.gain"]) < high
-    assert "MSE lower by" in third.tags["promotion.reason"]
+    assert first.tags["decision"] == "champion"
+    assert second.tags["decision"] == "challenger" and "inside the noise" in second.description
+    assert third.tags["decision"] == "champion" and alias_version(store, "champion", "linear") == "3"
+    assert float(third.tags["p_value"]) < 0.01 and "MSE lower by" in third.description
+    (evidence,) = [r.data.tags for r in promotions(store) if r.data.tags["model_version"] == "3"]
+    assert evidence["promotion.test"] == "paired_bootstrap"
+    low, high = (float(end) for end in evidence["promotion.gain_interval"].split(" to "))
+    assert 0 < low < float(evidence["promotion.gain"]) < high
 
 
 def test_runs_on_other_test_splits_are_refused_when_the_champion_cannot_be_evaluated_again(store, capsys, tmp_path):

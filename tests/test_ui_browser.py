@@ -150,6 +150,14 @@ def runs_and_champion(chromium, ui_server, store, tmp_path):
     text = visible_text(dom)
     assert "Version 1" in text and f"@ {ALIAS}" in text, text[:2000]
 
+    # The version's page says why it is champion, and links the run it was trained by.
+    page = f"{ui_server}/#/models/{MODEL}/versions/1"
+    dom = render(chromium, page, tmp_path / "version.png", tmp_path / "profile")
+    text = visible_text(dom)
+    assert "Promoted to champion" in text and "no champion yet; test_accuracy 1.0000 (95% interval" in text, text[:3000]
+    assert f"/runs/{runs[0].info.run_id}" in dom and f"Trained by run {runs[0].info.run_name}" in text
+    keep_screenshot(tmp_path / "version.png", "version.png")
+
 
 def keep_screenshot(path, name):
     """Copy a screenshot to $UI_SCREENSHOTS (the docs' images are made so), when it is set."""
