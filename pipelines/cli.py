@@ -36,7 +36,6 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 # On the run `mlflow run` created, why the command refused or failed: the kind, and the `error:` line
 # as the run's description (MLflow shows the tag mlflow.note.content as the description).
 ERROR_KIND_TAG, BAD_INPUT, FAILED = "error.kind", "bad_input", "failed"
-DESCRIPTION_TAG = "mlflow.note.content"
 TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL"}
 
 
@@ -367,7 +366,6 @@ def main(argv=None):
             return finished.code
         except argparse.ArgumentError as error:
             raise InputError(_argparse_message(error)) from None
-        _check_launched_experiment(line.settings.get("experiment"), launched_run_id)
 
         def report_forced_stop(cause):  # the stop watchdog's, once the run ended KILLED from its thread
             print(f"stopped ({cause}): the run ended KILLED{_advice()}", file=sys.stderr, flush=True)
@@ -394,12 +392,14 @@ def main(argv=None):
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         sys.unraisablehook = unraisable_hook
+        if "pipelines.tracking" in sys.modules:  # imported by the commands that log
+            sys.modules["pipelines.tracking"].forget_launch()
 
 
 def _stopped(stop, launcher, launched_run_id):
     started = launched_run_id or stopping.any_run_started()
     outcome = f"the run ended KILLED{_advice()}" if started else "before any run started"
-    code = _stop(f"stopped ({stop or 'SIGINT'}): {outcome}", "KILLED", EXIT_INTERRUPTED)
+    code = _stop(f"stopped ({stop or 'SIGINT'}): {outcome}", "KILLED", EXIT_INTERRUPTED, (launched_run_id, None))
     # `mlflow run` will overwrite KILLED with FAILED once this process exits: put it back then.
     stopping.keep_status(launcher, launched_run_id, "KILLED")
     return code
@@ -459,38 +459,19 @@ def _failure_line(error):
     return f"tracking store {describe(mlflow.get_tracking_uri())}: {said}"
 
 
-def _check_launched_experiment(requested, launched_run_id):
-    """Under `mlflow run`, the run exists before the command starts, in the experiment `mlflow run`
-    chose: an `experiment` setting that names another one cannot be honoured, so it is refused."""
-    if not (requested and launched_run_id):
-        return
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    try:
-        actual = client.get_experiment(client.get_run(launched_run_id).info.experiment_id).name
-    except mlflow.MlflowException:
-        return  # no such run: what uses it says so
-    if requested != actual:
-        raise InputError(
-            f"experiment: '{requested}' cannot apply: mlflow run created this run in experiment '{actual}' "
-            f"before the command started; choose the experiment with `mlflow run --experiment-name {requested}`"
-        )
-
-
-def _stop(message, status, code, error=(None, None)):
-    """One line on stderr, and the run `mlflow run` created for us ended with `status`. Given
-    `error` (the launched run's id, the kind), that run records the kind (tag error.kind) and the
-    line (as its description), whether it was resumed and ended already or not."""
+def _stop(message, status, code, launched=(None, None)):
+    """One line on stderr; given `launched` (the run `mlflow run` made, and the kind of error or
+    None), that run ended with `status` unless it ended already, and an error's kind and line
+    recorded on it (tag error.kind, and its description)."""
     print(message, file=sys.stderr, flush=True)
-    run_id, kind = error
-    if run_id or os.environ.get("MLFLOW_RUN_ID"):  # MLflow unsets MLFLOW_RUN_ID once the run has ended
+    run_id, kind = launched
+    if run_id:
         import mlflow
 
-        from pipelines.tracking import end_pending_run
+        from pipelines.tracking import DESCRIPTION_TAG, end_pending_run
 
         try:
-            if run_id and kind:
+            if kind:
                 tags = {ERROR_KIND_TAG: kind, DESCRIPTION_TAG: message}
                 mlflow.MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
             end_pending_run(status)

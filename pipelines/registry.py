@@ -80,7 +80,7 @@ class Decision:
     promoted: bool  # True: the new version became champion now
     reason: str
     evidence: dict = field(default_factory=dict)  # promotion.* tags: the gate, its test, counts, p-value, intervals
-    interval: str = ""  # the version's 95% interval of its metric, "low to high", where known
+    interval: tuple | None = None  # the version's 95% interval of its metric (low, high), where known
 
     @property
     def outcome(self):
@@ -182,7 +182,7 @@ def promote(task, variant, candidate, margin, gate=PAIRED, alpha=0.05, evidence=
     return decision
 
 
-DECISION_TAGS = {"interval", "compared_with", "p_value"}  # a version's tags that only some decisions have
+DECISION_TAGS = {tracking.INTERVAL_TAG, "compared_with", "p_value"}  # a version's tags that only some decisions have
 
 
 def version_tags(candidate, decision):
@@ -192,7 +192,7 @@ def version_tags(candidate, decision):
     tags, evidence = candidate.run.data.tags, decision.evidence
     found = {
         candidate.metric: f"{candidate.value:.6g}",
-        "interval": decision.interval,
+        tracking.INTERVAL_TAG: tracking.interval_text(decision.interval),
         "decision": decision.outcome,
         "compared_with": evidence.get("promotion.champion_version", ""),
         "p_value": evidence.get("promotion.p_value", ""),
@@ -251,8 +251,8 @@ class Evidence:
 
 def _gate(task, candidate, version, champion, margin, gate=PAIRED, alpha=0.05, evidence=None):
     metric, value = candidate.metric, candidate.value
-    own_interval = _interval_text(_logged_interval(candidate.run, metric))
-    score = f"{metric} {value:.4f}{own_interval and f' (95% interval {own_interval})'}"
+    own_interval = tracking.logged_interval(candidate.run.data.metrics, metric)
+    score = f"{metric} {value:.4f}" + (f" (95% interval {_interval_text(own_interval)})" if own_interval else "")
     if champion is None:
         return Decision(version, version, True, f"no champion yet; {score}", {"promotion.gate": gate}, own_interval)
     if str(champion.version) == version:
@@ -285,9 +285,10 @@ def _gate(task, candidate, version, champion, margin, gate=PAIRED, alpha=0.05, e
         else:
             why = f"a significant win (p < alpha {alpha:g})"
         verdict += f": {why}; {test.describe()}"
+    interval = evidence.intervals.get("challenger")
     if wins:
-        return Decision(version, version, True, f"promoted: {verdict}", tags, challenger_ci)
-    return Decision(version, champion.version, False, f"kept the champion: {verdict}", tags, challenger_ci)
+        return Decision(version, version, True, f"promoted: {verdict}", tags, interval)
+    return Decision(version, champion.version, False, f"kept the champion: {verdict}", tags, interval)
 
 
 def paired_tags(test):
@@ -325,11 +326,11 @@ def weigh(task, candidate, champion, gate=PAIRED):
     same_data = bool(digest) and test_digest(champion_run) == digest
     metric = candidate.metric
     intervals = {}
-    if _logged_interval(candidate.run, metric):
-        intervals["challenger"] = _logged_interval(candidate.run, metric)
+    if tracking.logged_interval(candidate.run.data.metrics, metric):
+        intervals["challenger"] = tracking.logged_interval(candidate.run.data.metrics, metric)
     if gate != PAIRED and same_data and metric in champion_run.data.metrics:
-        if _logged_interval(champion_run, metric):
-            intervals["champion"] = _logged_interval(champion_run, metric)
+        if tracking.logged_interval(champion_run.data.metrics, metric):
+            intervals["champion"] = tracking.logged_interval(champion_run.data.metrics, metric)
         return Evidence(champion_run.data.metrics[metric], True, intervals)
     challenger = logged_predictions(candidate.run, digest) if gate == PAIRED else None
     if gate == PAIRED and challenger is None:  # a run from before predictions were logged
@@ -359,11 +360,6 @@ def weigh(task, candidate, champion, gate=PAIRED):
             paired = significance.paired_classifiers(truth, challenger["predicted"], predicted)
         intervals.setdefault("challenger", significance.interval_of(task.kind, truth, challenger["predicted"]))
     return Evidence(champion_value, same_data, intervals, paired)
-
-
-def _logged_interval(run, metric):
-    low, high = (run.data.metrics.get(f"{metric}_ci_{end}") for end in ("low", "high"))
-    return None if low is None or high is None else (low, high)
 
 
 def logged_predictions(run, digest=None):

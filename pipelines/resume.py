@@ -49,8 +49,10 @@ def experiment_of(run_id, requested):
     experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
     if requested and requested != experiment.name:
         raise InputError(f"experiment: run {run_id} is in experiment '{experiment.name}', not '{requested}'")
-    if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`, the launch's run stays in its own
-        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    from pipelines.tracking import leave_launch
+
+    leave_launch()  # under `mlflow run`, its run stays where it is and points to this one
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
 
 

@@ -35,10 +35,18 @@ END_RUN_RETRIES = 5  # a run's last writes, tried again while the store is brief
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 DRY_RUN_TAG = "dry_run"
 DESCRIPTION_TAG = "mlflow.note.content"  # MLflow shows it as the run's description, in Markdown
+INTERVAL_TAG = "interval"  # a run's (or a version's) headline metric's 95% interval, as one short rounded text
 RUN_NAME_TAG = "mlflow.runName"
 MAX_RUN_NAME = 120  # names stay readable in the runs table and chart legends
 # How a run's name writes a parameter it sets beyond its entry point's defaults: `churn-seed2`.
-SHORT_PARAM_NAMES = {"learning_rate": "lr", "batch_size": "batch", "validation_fraction": "val", "max_samples": "n"}
+SHORT_PARAM_NAMES = {
+    "learning_rate": "lr",
+    "batch_size": "batch",
+    "validation_fraction": "val",
+    "max_samples": "n",
+    "epochs": "ep",
+    "dropout": "drop",
+}
 NOT_IN_NAMES = {"data"}  # a path: the run's datasets record which data it read
 # How SQLite and PostgreSQL report a second insert of a dataset's key (experiment, name, digest).
 DATASET_KEY_VIOLATIONS = ("UNIQUE constraint failed: datasets.", '"dataset_pk"')
@@ -158,6 +166,7 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
     active run, or given `parent_run_id` (a sweep's study run), it starts a nested run;
     given `run_id`, it resumes that run. `experiment_id` puts a new run in that experiment
     without making it the process's current one (a run `mlflow run` created stays where it is).
+    A top-level run is linked from the run `mlflow run` made, when the work left it (`leave_launch`).
     """
     nested = mlflow.active_run() is not None
     tags = {**code_version(), **liveness.process_tags(), **tags}
@@ -180,6 +189,8 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
     status, tags = "FAILED", {}
     try:
         stopping.raise_if_stopped()
+        if not (nested or parent_run_id):
+            point_launch_to(run.info.run_id, run.info.experiment_id)
         with stopping.on_forced_stop(functools.partial(end_killed, run.info.run_id, mlflow.get_tracking_uri())):
             yield run
         status = "FINISHED"
@@ -234,12 +245,20 @@ def code_version():
 
 
 def use_experiment(requested, default_name):
-    """Make the experiment current and return its id: the one `mlflow run` chose, else
-    `requested`, else MLFLOW_EXPERIMENT_ID/_NAME from the environment, else `default_name`."""
+    """Make the experiment current and return its id: `requested`, else the one `mlflow run`
+    put its run in (`--experiment-name`), else MLFLOW_EXPERIMENT_ID/_NAME from the environment,
+    else `default_name`. `mlflow run` puts its run in Default when no experiment is named: the
+    command's runs go to `default_name` all the same, as they do without `mlflow run`, and the
+    launch's run points to them (`leave_launch`)."""
     open_store()
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
-        return mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    launched = os.environ.get("MLFLOW_RUN_ID")
+    if launched:
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment(client.get_run(launched).info.experiment_id)
+        chosen_by_launch = not requested and experiment.experiment_id != DEFAULT_EXPERIMENT_ID
+        if chosen_by_launch or requested == experiment.name:
+            return experiment.experiment_id
+        leave_launch()
     if requested:
         source, chosen = "experiment", {"experiment_name": requested}
     elif os.environ.get("MLFLOW_EXPERIMENT_ID"):
@@ -255,23 +274,63 @@ def use_experiment(requested, default_name):
         raise
 
 
+# --- the run `mlflow run` made before the command started -----------------------------------
+
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default, where `mlflow run` puts its run when no experiment is named
+LAUNCH_TAG = "launch.run_id"  # on the run `mlflow run` made, when the work went on in another: that run
+_left_launch = {}  # "run_id": the run `mlflow run` made, once the command works elsewhere; "pointed": said so
+
+
+def launched_run_id():
+    """The run `mlflow run` made for this command, or None: whether the work goes on in it or not."""
+    return os.environ.get("MLFLOW_RUN_ID") or _left_launch.get("run_id")
+
+
+def leave_launch():
+    """The command's runs go elsewhere than the run `mlflow run` made (a task's experiment, a
+    resumed run). That run stays RUNNING, with this process's heartbeat, until `mlflow run` ends
+    it as the command exits (a stop keeps it KILLED: `stopping.keep_status`), and points to
+    the run the work went on in (`point_launch_to`). Our child processes never see it."""
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    if run_id is None:
+        return
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # `mlflow run`'s choice for its own run
+    _left_launch.update(run_id=run_id, pointed=False)
+    tags = [mlflow.entities.RunTag(key, value) for key, value in liveness.process_tags().items()]
+    mlflow.MlflowClient().log_batch(run_id, tags=tags)
+    liveness.HEARTBEAT.add(run_id, mlflow.get_tracking_uri())
+
+
+def point_launch_to(run_id, experiment_id):
+    """Say on the run `mlflow run` made, once, that the work went on in run `run_id`: a tag to
+    follow, and a description with a link. MLflow ends that run itself; it cannot be deleted."""
+    launch = _left_launch.get("run_id")
+    if launch is None or _left_launch["pointed"] or launch == run_id:
+        return
+    _left_launch["pointed"] = True
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    experiment = client.get_experiment(experiment_id).name
+    link = run_link(experiment_id, run_id, run.info.run_name)
+    note = f"This launch's work went on in run {link} ({run_id}), in experiment '{experiment}'."
+    tags = {LAUNCH_TAG: run_id, DESCRIPTION_TAG: note}
+    client.log_batch(launch, tags=[mlflow.entities.RunTag(key, value) for key, value in tags.items()])
+
+
+def forget_launch():
+    """The command is over: the next one in this process (a test's) starts with no launch of its own."""
+    if "run_id" in _left_launch:
+        liveness.HEARTBEAT.remove(_left_launch["run_id"])
+    _left_launch.clear()
+
+
 def end_pending_run(status="FAILED"):
-    """End the run `mlflow run` created for us when we fail before resuming it."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
+    """End the run `mlflow run` created for us when we fail before it ends otherwise."""
+    run_id = launched_run_id()
     if run_id:
         client = mlflow.MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, status)
-
-
-def point_pending_run_to(run_id):
-    """Under `mlflow run -P resume=<id>`, the run MLflow created stays empty: the training
-    goes on in run <id>. Say so on it (MLflow ends it itself; it cannot be deleted)."""
-    pending = os.environ.get("MLFLOW_RUN_ID")
-    if pending and pending != run_id:
-        client = mlflow.MlflowClient()
-        client.set_tag(pending, "resume.run_id", run_id)
-        client.set_tag(pending, "mlflow.note.content", f"This launch resumed run {run_id}, where the training went on.")
 
 
 def mark_pending_run_dry():
@@ -280,9 +339,7 @@ def mark_pending_run_dry():
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
         mlflow.MlflowClient().set_tag(run_id, DRY_RUN_TAG, "true")
-        mlflow.MlflowClient().set_tag(
-            run_id, "mlflow.note.content", "A dry run: it printed the recipe and trained nothing."
-        )
+        mlflow.MlflowClient().set_tag(run_id, DESCRIPTION_TAG, "A dry run: it printed the recipe and trained nothing.")
 
 
 def log_new_params(params):
@@ -407,12 +464,18 @@ def log_figure(figure, artifact_file):
 # --- what a user sees first: run names, descriptions, an experiment of their own -------------
 
 
-def run_name(entry_point, params, defaults, prefix=None):
-    """`<entry point>-<what differs>`: the params a run sets beyond its entry point's
-    `defaults`, in a few characters each (`churn-seed2`, `mnist_cnn-epochs3-lr0.01`), so that
-    runs can be told apart in the runs table, the compare header and every chart legend.
-    `prefix` replaces the entry point (a sweep trial: `<study>-trial-3`)."""
-    parts = [prefix or entry_point]
+def name_in_experiment(task, variant):
+    """What a training run's name starts with: in its task's experiment, the variant says which
+    entry point it trained (`cnn_bn`), or the task's name when it has only one (`churn`)."""
+    return task.name if len(task.variants) == 1 else variant
+
+
+def run_name(name, params, defaults, prefix=None):
+    """`<name>-<what differs>`: `name` (`name_in_experiment`), then the params a run sets
+    beyond its entry point's `defaults`, in a few characters each (`churn-seed2`,
+    `cnn-ep3-lr0.01`), so that runs can be told apart in the runs table, the compare header
+    and every chart legend. `prefix` replaces `name` (a sweep trial: `<study>-trial-3`)."""
+    parts = [prefix or name]
     for name, value in params.items():
         if name in NOT_IN_NAMES or (name in defaults and value == defaults[name]):
             continue
@@ -422,8 +485,20 @@ def run_name(entry_point, params, defaults, prefix=None):
         elif isinstance(value, bool):
             parts.append(short if value else f"no_{short}")
         else:
+            short += "_" if short[-1].isdigit() else ""  # l2_0.0005, not l20.0005
             parts.append(f"{short}{value:.3g}" if isinstance(value, float) else f"{short}{value}")
     return "-".join(parts)[:MAX_RUN_NAME]
+
+
+def interval_text(interval):
+    """'0.9919-0.9951' for (low, high), '' for None: short enough for a column of the runs table."""
+    return "" if interval is None else f"{interval[0]:.4f}-{interval[1]:.4f}"
+
+
+def logged_interval(metrics, metric):
+    """(low, high) of `metric`'s 95% interval among `metrics` (`<metric>_ci_low`, `_ci_high`), or None."""
+    low, high = (metrics.get(f"{metric}_ci_{end}") for end in ("low", "high"))
+    return None if low is None or high is None else (low, high)
 
 
 def headline(metrics, primary_metric, bold=False):
@@ -432,8 +507,8 @@ def headline(metrics, primary_metric, bold=False):
     if value is None:
         return "no test result"
     result = f"**{primary_metric} {value:.4f}**" if bold else f"{primary_metric} {value:.4f}"
-    interval = [metrics.get(f"{primary_metric}_ci_low"), metrics.get(f"{primary_metric}_ci_high")]
-    if None not in interval:
+    interval = logged_interval(metrics, primary_metric)
+    if interval is not None:
         result += f" (95% interval {interval[0]:.4f} to {interval[1]:.4f})"
     return result
 
@@ -497,45 +572,129 @@ def comparison_view_key(task):
     return f"compare-{task.name}"
 
 
-def comparison_view(task):
-    """The runs table a task's experiment opens on: its headline test metric (and interval,
-    once runs log one), train time, the params its runs vary (what its sweeps tune, seed and
-    epochs; the variant where it has several), sorted by the headline metric, best first.
-    Sweep trials stay nested under their study's run, as the table shows child runs."""
+def comparison_view(task, charted=None):
+    """The runs table a task's experiment opens on: its trainings with a test result (no
+    sweep's, repeats' or workflow's own run), the headline test metric first with its 95%
+    interval as one short column (`INTERVAL_TAG`), and the variant where the task has
+    several; best first. The run names say what else differs. Its chart view opens on the
+    headline charts, then one chart per other metric in `charted` ({name: "BAR" or "LINE"}),
+    as the UI draws them (`charts`)."""
     metric = task.primary_metric
-    tuned = []
-    for variant in task.variants.values():
-        tuned += [name for name in variant.search_space if name not in tuned]
-    params = ["epochs", "seed", *sorted(tuned)]
-    columns = [column("metrics", name) for name in (metric, f"{metric}_ci_low", f"{metric}_ci_high", "train_time_s")]
-    columns += [column("params", name) for name in params]
+    columns = [column("metrics", metric), column("tags", INTERVAL_TAG)]
     if len(task.variants) > 1:
         columns.append(column("tags", "variant"))
+    cards, sections = charts(task, charted or {})
     return {
-        "searchFilter": "",
+        "searchFilter": f"metrics.{metric} >= 0",
         "orderByKey": column("metrics", metric),
         "orderByAsc": task.kind == "regression",  # the lowest error first
         "selectedColumns": columns,
+        # The UI applies widths only to the columns it is given an order for; those left out follow.
+        "columnOrder": [RUN_NAME_COLUMN, *columns],
+        "columnWidths": {RUN_NAME_COLUMN: RUN_NAME_WIDTH, **dict.fromkeys(columns, COLUMN_WIDTH)},
         "hideEmptyCharts": True,
+        "compareRunCharts": cards,
+        "compareRunSections": sections,
     }
 
 
-def share_comparison_view(experiment_id, task, client=None):
+RUN_NAME_COLUMN = column("attributes", "Run Name")
+# Pixels: a run name, "test_accuracy" and "0.9919-0.9951" whole, where the UI's defaults cut them.
+RUN_NAME_WIDTH, COLUMN_WIDTH = 260, 130
+# The chart view's sections: the UI sorts those it did not name itself first, then its own two.
+HEADLINE_SECTION, MODEL_SECTION, SYSTEM_SECTION = "Headline", "Model metrics", "System metrics"
+SYSTEM_METRIC_PREFIX = "system/"
+BAR, LINE = "BAR", "LINE"  # a value per run; a value per epoch (or, for system metrics, per sample)
+
+
+def headline_metrics(task):
+    """{metric: chart type} of the charts a task's chart view opens on: the test metric and the
+    training time per run, the validation metric and the loss per epoch."""
+    validation = "val_loss" if task.kind == "regression" else "val_accuracy"
+    return {task.primary_metric: BAR, "train_time_s": BAR, validation: LINE, "loss": LINE}
+
+
+def charts(task, charted):
+    """(cards, sections) of the chart view, in the MLflow UI's own state format: the headline
+    section first, then the model's and the system's metrics in `charted`, by name. Given them
+    all, the UI draws exactly these: it adds none to a shared view."""
+    headline = headline_metrics(task)
+    others = {name: kind for name, kind in sorted(charted.items()) if name not in headline}
+    sections = {HEADLINE_SECTION: headline}
+    sections[MODEL_SECTION] = {n: k for n, k in others.items() if not n.startswith(SYSTEM_METRIC_PREFIX)}
+    sections[SYSTEM_SECTION] = {n: k for n, k in others.items() if n.startswith(SYSTEM_METRIC_PREFIX)}
+    cards, section_states = [], []
+    for section, metrics in sections.items():
+        if not metrics:
+            continue
+        uuid = f"{task.name}-{section}".replace(" ", "-")
+        section_states.append({"uuid": uuid, "name": section, "display": True, "isReordered": False, "deleted": False})
+        cards += [_card(name, kind, uuid) for name, kind in metrics.items()]
+    return cards, section_states
+
+
+def _card(metric, kind, section_uuid):
+    """One chart as the UI's state holds it (its BAR and LINE card classes, their defaults)."""
+    card = {
+        "uuid": f"{section_uuid}-{metric}",
+        "type": kind,
+        "runsCountToCompare": 10,
+        "metricSectionId": section_uuid,
+        "deleted": False,
+        "isGenerated": True,
+        "metricKey": metric,
+        "displayName": metric.rpartition("/")[2],
+    }
+    if kind == LINE:
+        system = metric.startswith(SYSTEM_METRIC_PREFIX)  # sampled in time, not per epoch
+        card |= {
+            "lineSmoothness": 0,
+            "xAxisScaleType": "linear",
+            "scaleType": "linear",
+            "range": {},
+            "xAxisKey": "time" if system else "step",
+            "selectedXAxisMetricKey": "",
+            "yAxisKey": "metric",
+            "yAxisExpressions": [],
+            "ignoreOutliers": False,
+            "useGlobalXaxisKey": not system,
+            "useGlobalLineSmoothing": True,
+        }
+    return card
+
+
+def chart_types(metrics, per_epoch):
+    """{metric: chart type} of a run's `metrics`: a line for those logged every epoch
+    (`per_epoch`) and for the system metrics, a bar for the rest."""
+    return {name: LINE if name in per_epoch or name.startswith(SYSTEM_METRIC_PREFIX) else BAR for name in metrics}
+
+
+def charted_metrics(state):
+    """{metric: chart type} of the charts in a comparison view's state (JSON), or {}."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        return {card["metricKey"]: card["type"] for card in json.loads(state).get("compareRunCharts") or []}
+    return {}
+
+
+def share_comparison_view(experiment_id, task, client=None, run_metrics=None):
     """Keep the task's comparison view on its experiment, as MLflow's own shared view state
     (the tag `mlflow.sharedViewState.<key>`, the saved-view envelope of MLflow 3.17's UI):
-    written when the experiment is first used, rewritten only when this project changes it.
+    written when the experiment is first used, rewritten only when this project changes it or
+    a run logs a metric it has no chart for (`run_metrics`, {metric: chart type}).
     A store that refuses the tag (a user who may log runs but not edit the experiment) costs
     only the view: a warning, and None for its key.
     """
     client = client or mlflow.MlflowClient()
     key = comparison_view_key(task)
-    state = json.dumps(comparison_view(task), separators=(",", ":"))
     try:
         current = client.get_experiment(experiment_id).tags.get(SHARED_VIEW_TAG + key)
-        if current:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                if json.loads(current).get("state") == state:
-                    return key
+        current_state = None
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            current_state = json.loads(current).get("state") if current else None
+        charted = {**(run_metrics or {}), **charted_metrics(current_state)}
+        state = json.dumps(comparison_view(task, charted), separators=(",", ":"))
+        if current_state == state:
+            return key
         now = int(time.time() * 1000)
         envelope = {"name": f"Compare {task.name} runs", "createdAt": now, "updatedAt": now, "state": state}
         client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(envelope, separators=(",", ":")))

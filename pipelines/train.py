@@ -283,7 +283,6 @@ def train(
     if resume_run_id:  # refused here, before the run changes
         resumption = resume.plan(resume_run_id, task, variant, params, digests)
         restored = resumption.checkpoint
-        tracking.point_pending_run_to(resume_run_id)
     mlflow.keras.autolog(disable=True)  # tracking.RunSummary and the checkpoints log what it would
     run_tags = {"task": task.name, "variant": variant, "entry_point": name, **(tags or {})}
     if resumption or restored:
@@ -292,7 +291,7 @@ def train(
         run_tags[resume.RESUMED_TAG] = restored.run_id
     if run_name is None and not resume_run_id:  # a resumed run keeps its name
         defaults = {param: declared.default for param, declared in declared_params(task, variant).items()}
-        run_name = tracking.run_name(name, params, defaults)
+        run_name = tracking.run_name(tracking.name_in_experiment(task, variant), params, defaults)
     on_its_own = parent_run_id is None and mlflow.active_run() is None  # not a sweep's trial, nor a repeat
     with tracking.mlflow_run(
         run_name=run_name,
@@ -358,7 +357,12 @@ def train(
             name, metrics, task.primary_metric, params, epochs, train_seconds, digests, history
         )
         mlflow.set_tag(tracking.DESCRIPTION_TAG, description)
-        view = tracking.share_comparison_view(run.info.experiment_id, task)
+        interval = tracking.logged_interval(metrics, task.primary_metric)
+        if interval:  # the runs table's column of it, beside the metric
+            mlflow.set_tag(tracking.INTERVAL_TAG, tracking.interval_text(interval))
+        logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics  # system metrics among them
+        charts = tracking.chart_types(logged, per_epoch={*history, checkpoints.EPOCH_SECONDS})
+        view = tracking.share_comparison_view(run.info.experiment_id, task, run_metrics=charts)
         tracking.log_figure(reporting.learning_curves(history), "figures/learning_curves.png")
         log_predictions(task, splits, outputs, digests["test"])
         if matrix is not None:

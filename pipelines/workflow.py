@@ -94,10 +94,13 @@ def _environment(values):
 
 
 def _run_steps(task, variant, experiment_id, entry_point, steps):
+    from pipelines.compare import DEFAULT_EXPERIMENT as COMPARE_EXPERIMENT
     from pipelines.sweeps import storage
 
     client = mlflow.MlflowClient()
     run_ids = {}
+    # The promote and compare steps' runs go where those commands put theirs: not among the trainings.
+    own_experiments = {"promote": registry.PROMOTE_EXPERIMENT, "compare": COMPARE_EXPERIMENT}
     tags = {"task": task.name, "variant": variant, "model": entry_point, "step": "workflow"}
     with tracking.mlflow_run(run_name=f"workflow-{entry_point}", tags=tags):
         for step, parameters in steps:
@@ -106,7 +109,8 @@ def _run_steps(task, variant, experiment_id, entry_point, steps):
                 f"workflow step {step}: mlflow run . -e {step} " + " ".join(f"-P {k}={v}" for k, v in shown.items()),
                 flush=True,
             )
-            submitted = start_step(step, parameters, experiment_id)
+            own = own_experiments.get(step)
+            submitted = start_step(step, parameters, tracking.experiment_of_its_own(own) if own else experiment_id)
             wait_for_step(step, submitted, client)
             if run_ids:
                 previous_step = list(run_ids)[-1]

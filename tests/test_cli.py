@@ -1,5 +1,6 @@
 """The entry points as users call them: `python -m pipelines`, `mlflow run`, Ctrl-C and SIGTERM."""
 
+import os
 import shlex
 import subprocess
 import sys
@@ -371,21 +372,40 @@ def test_mlflow_run_records_why_its_run_failed(store):
 
 
 @pytest.mark.slow
-def test_mlflow_run_refuses_an_experiment_parameter_it_cannot_honour_and_a_dry_run_trains_nothing(store):
-    moved = mlflow_run("xor", experiment="other", epochs=1)
-    assert moved.returncode == 1
-    (line,) = [line for line in moved.stderr.splitlines() if line.startswith("error:")]
-    assert line.startswith("error: experiment: 'other' cannot apply: mlflow run created this run in experiment 'tests'")
-    assert "`mlflow run --experiment-name other`" in line
-    assert store.get_experiment_by_name("other") is None
-    (run,) = runs(store)
-    assert run.info.status == "FAILED" and run.data.tags["error.kind"] == "bad_input"
+def test_mlflow_run_puts_a_tasks_runs_in_its_experiment_and_a_dry_run_trains_nothing(store, monkeypatch, tmp_path):
+    """`mlflow run` with no experiment named makes its run in Default before the command starts:
+    the training and the sweep go to the task's experiment all the same, and that run points there."""
+    tests_experiment = os.environ["MLFLOW_EXPERIMENT_ID"]
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    trained = mlflow_run("xor", epochs=1, system_metrics_interval=0)
+    swept = mlflow_run("sweep", task="xor", n_trials=1, epochs=1, storage=tmp_path / "optuna.journal")
+    assert trained.returncode == swept.returncode == 0, (trained.stderr[-3000:], swept.stderr[-3000:])
+    xor = store.get_experiment_by_name("xor").experiment_id
+    by_kind = {run.data.tags.get("sweep", "training"): run for run in store.search_runs([xor])}
+    assert sorted(by_kind) == ["study", "training", "trial"]
+    assert by_kind["trial"].data.tags["mlflow.parentRunId"] == by_kind["study"].info.run_id
+    training = by_kind["training"].info
+    assert f"run {training.run_id} started: {training.run_name}, in experiment 'xor'" in trained.stdout
+    launches = {run.data.tags["mlflow.project.entryPoint"]: run for run in store.search_runs(["0"])}
+    for entry_point, kind in (("xor", "training"), ("sweep", "study")):
+        launch, run = launches[entry_point], by_kind[kind]
+        assert launch.info.status == run.info.status == "FINISHED" and not launch.data.metrics
+        assert launch.data.tags["launch.run_id"] == run.info.run_id
+        assert f"(#/experiments/{xor}/runs/{run.info.run_id})" in launch.data.tags["mlflow.note.content"]
+
+    # -P experiment names another: honoured the same way.
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", tests_experiment)
+    moved = mlflow_run("xor", experiment="other", epochs=1, system_metrics_interval=0)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    (run,) = store.search_runs([store.get_experiment_by_name("other").experiment_id])
+    (launch,) = runs(store)
+    assert launch.data.tags["launch.run_id"] == run.info.run_id and run.data.metrics["test_accuracy"] >= 0
 
     # The run's own experiment: nothing to refuse. A dry run prints the recipe and trains nothing.
     same = mlflow_run("churn", experiment="tests", epochs=7, dry_run="true")
     assert same.returncode == 0, same.stderr[-3000:]
     assert yaml.safe_load(same.stdout)["params"]["epochs"] == 7
-    (dry,) = [other for other in runs(store) if other.info.run_id != run.info.run_id]
+    (dry,) = [other for other in runs(store) if other.info.run_id != launch.info.run_id]
     # Made by `mlflow run` before the command started: marked, nothing in it.
     assert dry.data.tags["dry_run"] == "true" and dry.info.status == "FINISHED"
     assert not dry.data.metrics and not dry.outputs.model_outputs

@@ -94,7 +94,7 @@ def test_promote_gates_the_champion_describes_the_decision_and_is_idempotent(sto
     low, high = (bad.data.metrics[f"test_accuracy_ci_{end}"] for end in ("low", "high"))
     assert first.run_id == bad.info.run_id and first.tags == {
         "test_accuracy": f"{bad.data.metrics['test_accuracy']:.6g}",
-        "interval": f"{low:.4f} to {high:.4f}",
+        "interval": f"{low:.4f}-{high:.4f}",
         "decision": "champion",
         "git_commit": bad.data.tags["mlflow.source.git.commit"],
     }
@@ -346,13 +346,17 @@ def test_mlflow_run_workflow_sweeps_promotes_and_compares(store, tmp_path):
     completed = mlflow_run("workflow", timeout=900, task="xor", n_trials=2, epochs=3, batch_size=2, storage=journal)
     assert completed.returncode == 0, completed.stderr[-3000:]
     by_step = {}
-    for run in runs(store):
+    for run in store.search_runs([e.experiment_id for e in store.search_experiments()]):
         by_step.setdefault(run.data.tags.get("mlflow.project.entryPoint"), []).append(run)
     (workflow,) = by_step["workflow"]
     (sweep,), (promotion,), (comparison,) = by_step["sweep"], by_step["promote"], by_step["compare"]
     for step in (sweep, promotion, comparison):
         assert step.info.status == "FINISHED"
         assert step.data.tags["mlflow.parentRunId"] == workflow.info.run_id
+    # The sweep's runs beside the workflow's, in the task's experiment; promote's and compare's in their own.
+    steps = {"workflow": workflow, "sweep": sweep, "promote": promotion, "compare": comparison}
+    experiments = {step: store.get_experiment(run.info.experiment_id).name for step, run in steps.items()}
+    assert experiments == {"workflow": "tests", "sweep": "tests", "promote": "promotions", "compare": "comparisons"}
     assert promotion.data.tags["workflow.sweep_run_id"] == sweep.info.run_id
     assert comparison.data.tags["workflow.promote_run_id"] == promotion.info.run_id
     assert workflow.data.tags["workflow.compare_run_id"] == comparison.info.run_id
@@ -453,7 +457,8 @@ def test_the_paired_gate_moves_the_champion_only_on_a_significant_win(
     assert reason.startswith("promoted: " if promoted else "kept the champion: ") and reason in out
     assert "(95% interval " in reason and "against champion version 1's" in reason
     assert reason.partition(": ")[2] in version.description and version.tags["compared_with"] == "1"
-    assert tags["promotion.challenger_interval"] == version.tags["interval"] and tags["promotion.champion_interval"]
+    assert tags["promotion.challenger_interval"] == version.tags["interval"].replace("-", " to ")
+    assert tags["promotion.champion_interval"]
     if "margin" in settings[:2]:  # gate=margin: no paired test
         assert tags["promotion.gate"] == "margin" and "promotion.test" not in tags and "McNemar" not in reason
         assert "p_value" not in version.tags

@@ -20,11 +20,13 @@ TRAIN_FOREVER = [sys.executable, "-m", "pipelines", "train", "--task", "xor", "-
 STOPPED_WITHIN_S = 10
 
 
-def wait_until_training(store, timeout=120):
-    """The run of a training started in another process, once its first epoch has ended."""
+def wait_until_training(store, timeout=120, experiment=None):
+    """The run of a training started in another process (in `experiment`, else the test's), once
+    its first epoch has ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        started = runs(store)
+        found = store.get_experiment_by_name(experiment) if experiment else None
+        started = store.search_runs([found.experiment_id]) if found else [] if experiment else runs(store)
         if started and store.get_metric_history(started[0].info.run_id, "epoch_time_s"):
             return store.get_run(started[0].info.run_id)
         time.sleep(0.5)
@@ -257,10 +259,15 @@ def test_sigterm_to_mlflow_run_stops_its_training_and_the_run_ends_killed(store)
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_mlflow_run_ends_the_run_killed_though_mlflow_writes_failed(store):
-    """MLflow 3.17 sets FAILED after its child ended the run KILLED; the keeper puts KILLED back."""
+@pytest.mark.parametrize("experiment_named", [True, False], ids=["experiment-named", "default-experiment"])
+def test_ctrl_c_on_mlflow_run_ends_the_run_killed_though_mlflow_writes_failed(store, monkeypatch, experiment_named):
+    """MLflow 3.17 sets FAILED after its child ended the run KILLED; the keeper puts KILLED back.
+    With no experiment named, the training's run is in the task's experiment and `mlflow run`'s
+    own, in Default, points to it: both end KILLED."""
+    if not experiment_named:
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
     launcher = start(mlflow_run_command("xor", epochs=100000), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    run = wait_until_training(store)
+    run = wait_until_training(store, experiment=None if experiment_named else "xor")
     training = training_process(run)
     stderr = stop_and_wait(launcher, signal.SIGINT, to_group=True).decode()
     assert launcher.returncode != 0 and "Traceback" not in stderr
@@ -271,6 +278,10 @@ def test_ctrl_c_on_mlflow_run_ends_the_run_killed_though_mlflow_writes_failed(st
     psutil.wait_procs(keepers, timeout=STOPPED_WITHIN_S)
     assert not [p for p in keepers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert store.get_run(run.info.run_id).info.status == "KILLED"
+    if not experiment_named:
+        (launch,) = store.search_runs(["0"])
+        assert launch.data.tags["launch.run_id"] == run.info.run_id
+        assert status_within(store, launch.info.run_id, "KILLED", timeout=30) == "KILLED"
 
 
 # --- heartbeats and reap -------------------------------------------------------------------

@@ -180,6 +180,17 @@ def rows_in_order(dom):
     return [rows[index] for index in sorted(rows, key=int)]
 
 
+def header_cells(dom):
+    """{column id: (its position, its width in pixels)} of the runs table's column headers."""
+    cells = {}
+    for tag in re.findall(r'<div[^>]*class="ag-header-cell[^>]*>', dom):
+        attributes = dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
+        width = re.search(r"width: (\d+)px", attributes.get("style", ""))
+        if "col-id" in attributes and width:
+            cells[attributes["col-id"]] = (int(attributes["aria-colindex"]), int(width.group(1)))
+    return cells
+
+
 def printed_links(chromium, ui_server, store, tiny, tmp_path, capsys, monkeypatch):
     """The printed link opens the comparison, and the sweep links its best trial. What a user
     meets: tiny runs of two tasks and a small sweep, through a real `mlflow server`, each task
@@ -213,17 +224,30 @@ def printed_links(chromium, ui_server, store, tiny, tmp_path, capsys, monkeypatc
     keep_screenshot(tmp_path / "comparison.png", "comparison.png")
     text = visible_text(dom)
     assert "Compare churn runs" in text and "Sort: test_accuracy" in text, text[:3000]
-    assert 'col-id="metrics.`test_accuracy`"' in dom  # the first column after the run's own (the grid draws what fits)
-    for run in seeds:
-        assert run.info.run_name in text
-    # Every run is a row, sorted by test accuracy, best first (runs without one, the study's, last).
+    # Trainings with a test result only: the seeds and the finished trials, not the sweep's own run.
+    trainings = [run for run in runs if "test_accuracy" in run.data.metrics]
+    shown = {run.info.run_id for run in trainings}
+    assert parent.info.run_id not in shown and {run.info.run_id for run in seeds} < shown
     order = rows_in_order(dom)
-    assert sorted(order) == sorted(run.info.run_id for run in runs)
-    by_id = {run.info.run_id: run.data.metrics.get("test_accuracy", -1.0) for run in runs}
-    values = [by_id[run_id] for run_id in order]
-    assert values == sorted(values, reverse=True), values
-    for run in seeds:  # the headline metric's value is shown in each run's row
-        assert f">{run.data.metrics['test_accuracy']:.4g}<" in dom.replace("</span>", "<")
+    assert sorted(order) == sorted(run.info.run_id for run in trainings)
+    by_id = {run.info.run_id: run for run in trainings}
+    values = [by_id[run_id].data.metrics["test_accuracy"] for run_id in order]
+    assert values == sorted(values, reverse=True), values  # best first
+    # The run's name whole, then the headline metric and its interval side by side, wide enough to read.
+    columns = header_cells(dom)
+    metric, interval = columns["metrics.`test_accuracy`"], columns["tags.`interval`"]
+    assert interval[0] == metric[0] + 1 and interval[1] >= 130 and columns["attributes.`Run Name`"][1] >= 260
+    for run in trainings:
+        low, high = (run.data.metrics[f"test_accuracy_ci_{end}"] for end in ("low", "high"))
+        assert run.data.tags["interval"] == f"{low:.4f}-{high:.4f}" and run.data.tags["interval"] in text
+        assert run.info.run_name in text and f">{run.data.metrics['test_accuracy']:.4g}<" in dom.replace("</span>", "<")
+
+    # Its chart view opens on the headline charts: the test metric first, the other metrics after.
+    dom = render(chromium, f"{link}&compareRunsMode=CHART", tmp_path / "charts.png", tmp_path / "profile")
+    keep_screenshot(tmp_path / "charts.png", "charts.png")
+    text = visible_text(dom)
+    assert text.index("Headline (4)") < text.index("Model metrics"), text[:3000]
+    assert re.search(r"Headline \(4\) Add chart test_accuracy [\d.]+ ", text), text[:3000]
 
     # The sweep's run page: its description links the best trial's run.
     best_run_id = parent.data.tags["best.run_id"]

@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from experiments import resolve
+from experiments import TASKS, resolve
 from pipelines import tracking
 from pipelines.cli import main
 from pipelines.registry import promotion_lock
@@ -41,6 +41,15 @@ def test_runs_that_differ_by_seed_have_names_that_say_so(two_seeds):
     assert names[0] != names[1]
     assert names[0].startswith("linear-") and names[0].endswith("-seed1") and names[1].endswith("-seed2")
     assert all(len(name) <= tracking.MAX_RUN_NAME for name in names)
+
+
+def test_a_run_is_named_after_its_variant_in_its_tasks_experiment():
+    assert tracking.name_in_experiment(TASKS["mnist"], "cnn_bn") == "cnn_bn"
+    assert tracking.name_in_experiment(TASKS["churn"], "mlp") == "churn"  # its only variant
+    defaults = {"epochs": 6, "dropout": 0.5, "max_samples": 0}
+    changed = {"epochs": 2, "dropout": 0.25, "max_samples": 2000}
+    assert tracking.run_name("cnn", changed, defaults) == "cnn-ep2-drop0.25-n2000"
+    assert tracking.run_name("cnn_l2", {"l2": 0.0005}, {"l2": 0.0001}) == "cnn_l2-l2_0.0005"
 
 
 def test_a_run_at_its_entry_points_defaults_is_named_after_it():
@@ -156,9 +165,19 @@ def test_a_task_experiment_gets_its_comparison_view_and_the_run_prints_where_to_
     assert envelope["name"] == "Compare churn runs" and isinstance(envelope["createdAt"], int)
     state = json.loads(envelope["state"])
     assert state["orderByKey"] == "metrics.`test_accuracy`" and state["orderByAsc"] is False
-    columns = state["selectedColumns"]
-    assert columns[0] == "metrics.`test_accuracy`" and "metrics.`train_time_s`" in columns
-    assert {"params.`seed`", "params.`learning_rate`", "params.`units`"} <= set(columns)  # seed and what sweeps tune
+    # Trainings only (none else logs the test metric), the metric first and its interval beside it.
+    assert state["searchFilter"] == "metrics.test_accuracy >= 0"
+    assert state["selectedColumns"] == ["metrics.`test_accuracy`", "tags.`interval`"]
+    run = store.get_run(first.run_id)
+    low, high = (run.data.metrics[f"test_accuracy_ci_{end}"] for end in ("low", "high"))
+    assert run.data.tags["interval"] == f"{low:.4f}-{high:.4f}"
+    # The chart view: the headline section first, then a chart for each other metric the run logged.
+    sections = [section["name"] for section in state["compareRunSections"]]
+    assert sections == ["Headline", "Model metrics"]  # no system metrics sampled
+    charts = [(chart["metricKey"], chart["type"]) for chart in state["compareRunCharts"]]
+    headline = [("test_accuracy", "BAR"), ("train_time_s", "BAR"), ("val_accuracy", "LINE"), ("loss", "LINE")]
+    assert charts[:4] == headline and ("epoch_time_s", "LINE") in charts and ("test_loss", "BAR") in charts
+    assert sorted(name for name, _ in charts) == sorted(run.data.metrics)
 
     view_link = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=compare-churn"
     assert f"http://127.0.0.1:5000{view_link}" in out

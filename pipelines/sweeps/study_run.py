@@ -29,7 +29,7 @@ PLOTS = {
 def open_study_run(client, study, experiment_id, task, variant):
     """The study's run: the one `mlflow run` created, else the study's earlier run (resumed),
     else a new one. Trials of this session nest under it; this process beats its heartbeat."""
-    run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # workers and trials must not resume it
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s, in the study's experiment; no trial resumes it
     previous = study.user_attrs.get("mlflow_run_id")
     if run_id is None and previous and _resumable(client, previous, experiment_id):
         client.update_run(previous, status="RUNNING")
@@ -52,6 +52,7 @@ def open_study_run(client, study, experiment_id, task, variant):
     study.set_user_attr("mlflow_run_id", run_id)
     liveness.HEARTBEAT.add(run_id, mlflow.get_tracking_uri())
     stopping.run_started()
+    tracking.point_launch_to(run_id, experiment_id)
     return run_id
 
 
