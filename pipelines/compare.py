@@ -156,9 +156,9 @@ def _interval_columns(metrics):
     """`test_accuracy 95%`: the headline metric's interval as text, for the table and the console."""
     columns = {}
     for metric in HEADLINE_METRICS:
-        low, high = metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high")
-        if low is not None and high is not None:
-            columns[f"{metric} 95%"] = f"{low:.4f} to {high:.4f}"
+        interval = tracking.logged_interval(metrics, metric)
+        if interval is not None:
+            columns[f"{metric} 95%"] = f"{interval[0]:.4f} to {interval[1]:.4f}"
     return columns
 
 
