@@ -36,7 +36,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 from report import figures_table, met, stamp, versions, write_results  # noqa: E402  (benchmarks/report.py)
 
-from pipelines import checkpoints, liveness, stopping  # noqa: E402
+from pipelines import checkpoints, liveness, schema, stopping  # noqa: E402
 
 REPORT = PROJECT / "benchmarks" / "run_states.md"
 DEFAULT_DATA = PROJECT.parent / "shared" / "data"
@@ -94,7 +94,7 @@ def stop_latency(how, data, env, client):
     command = train_command(data, 100) if how.startswith("train") else mlflow_run_command(data, 100)
     launcher = start(command, env)
     run = wait_for_epoch(client, experiment_id)
-    training = psutil.Process(int(run.data.tags[liveness.PID_TAG]))
+    training = psutil.Process(int(run.data.tags[schema.PID_TAG]))
     if not how.endswith("as an epoch starts"):
         time.sleep(2.0)  # mid-epoch
     sent = time.time()
@@ -180,7 +180,7 @@ def heartbeat_seconds(client):
     times = []
     for _ in range(HEARTBEATS):
         start = time.perf_counter()
-        client.set_tag(run_id, liveness.HEARTBEAT_TAG, liveness.timestamp(liveness.now()))
+        client.set_tag(run_id, schema.HEARTBEAT_TAG, liveness.timestamp(liveness.now()))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

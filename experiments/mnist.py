@@ -12,7 +12,7 @@ import numpy as np
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from experiments.datafiles import PROJECT_DATA, existing_path
-from experiments.task import InputError, Param, Splits, Task, Variant
+from experiments.task import EVALUATION_BATCH_SIZE, InputError, Param, Splits, Task, Variant
 from experiments.views import moved
 
 # Imported when a model is built: --help, --dry_run and a refused parameter need none of it.
@@ -210,7 +210,7 @@ def add_inverted_copies(splits):
 
 
 def inverted_test_accuracy(model, splits):
-    probabilities = model.predict(invert(splits.x_test), batch_size=1024, verbose=0)
+    probabilities = model.predict(invert(splits.x_test), batch_size=EVALUATION_BATCH_SIZE, verbose=0)
     return {"test_accuracy_inverted": float(np.mean(probabilities.argmax(axis=1) == splits.y_test))}
 
 

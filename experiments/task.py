@@ -17,6 +17,9 @@ TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 TYPE_WORDS = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
 MAX_SHOWN = 80  # characters of a bad value echoed in an error line
 MAX_INT = 2**63 - 1  # the largest integer NumPy and TensorFlow take
+# Examples per batch where a model only predicts (validation, test, a task's extra metrics):
+# no gradients to keep, so larger than any training batch, and still small in memory.
+EVALUATION_BATCH_SIZE = 1024
 
 
 class InputError(Exception):

@@ -41,24 +41,24 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-ARTIFACT_DIR = "checkpoints"
+from pipelines import schema
+
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "latest.weights.h5"  # BackupAndRestore's names
 METADATA_FILE = "training_metadata.json"
 BEST_WEIGHTS_FILE = "best.weights.h5"  # the best epoch's weights, restored beside the latest
-FOLDER_PATTERN = re.compile(rf"{ARTIFACT_DIR}/epoch-(\d+)")
+FOLDER_PATTERN = re.compile(rf"{schema.CHECKPOINTS_FOLDER}/epoch-(\d+)")
 # Epochs of milliseconds (xor, churn) would spend more time checkpointing than training:
 # a checkpoint is written at most this often, and always after the last epoch. A kill then
 # loses at most this much training besides the epoch under way.
 MIN_SECONDS_BETWEEN = 1.0
 SEED_STATE = "seed_generator_state"  # Keras' name for a random generator's state variable
-EPOCH_SECONDS = "epoch_time_s"  # each epoch's wall time, logged beside Keras' metrics
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 
 
 def folder(epoch):
     """The artifact folder of the checkpoint taken after `epoch` epochs."""
-    return f"{ARTIFACT_DIR}/epoch-{epoch:04d}"
+    return f"{schema.CHECKPOINTS_FOLDER}/epoch-{epoch:04d}"
 
 
 def epoch_of(path):
@@ -172,7 +172,7 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
         """The checkpoint's epochs whose metrics this run lacks: all of them in a new run
         started from another run's checkpoint, those a kill cut off in the same run."""
         client = mlflow.MlflowClient()
-        logged = {metric.step for metric in client.get_metric_history(self.run_id, EPOCH_SECONDS)}
+        logged = {metric.step for metric in client.get_metric_history(self.run_id, schema.EPOCH_TIME_METRIC)}
         missing = [step for step in range(self.restored.epoch) if step not in logged]
         self._log_epochs(missing)
 
@@ -227,7 +227,7 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
 
     def _log_epochs(self, steps):
         now = int(time.time() * 1000)
-        series = {**self.history, EPOCH_SECONDS: self.epoch_seconds}
+        series = {**self.history, schema.EPOCH_TIME_METRIC: self.epoch_seconds}
         metrics = [Metric(name, values[step], now, step) for name, values in series.items() for step in steps]
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             mlflow.MlflowClient().log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
@@ -272,7 +272,7 @@ def _seed_states(model):
 def run_folders(run_id):
     """The run's checkpoint folders, complete or not, by epoch; () if it has none or they can't be listed."""
     try:
-        items = mlflow.MlflowClient().list_artifacts(run_id, ARTIFACT_DIR)
+        items = mlflow.MlflowClient().list_artifacts(run_id, schema.CHECKPOINTS_FOLDER)
     except (MlflowException, OSError):
         return ()
     return tuple(sorted((item.path for item in items if item.is_dir and epoch_of(item.path) is not None), key=epoch_of))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import yaml
 
 from experiments import InputError, Param, RunFailed, entry_points, resolve
-from pipelines import compare, liveness, registry, stopping, workflow
+from pipelines import compare, liveness, registry, schema, stopping, workflow
 from pipelines.params import (
     DRY_RUN,
     ENTRY_POINT_SETTINGS,
@@ -35,7 +35,6 @@ from pipelines.sweeps import settings as sweep_settings
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 # On the run `mlflow run` created, why the command refused or failed: the kind, and the `error:` line
 # as the run's description (MLflow shows the tag mlflow.note.content as the description).
-ERROR_KIND_TAG, BAD_INPUT, FAILED = "error.kind", "bad_input", "failed"
 TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL"}
 
 
@@ -50,11 +49,11 @@ def train_command(line):
     task, variant = line.entry_point
     if line.settings["dry_run"]:
         from_run = [name for name in line.params if name not in line.given] if line.settings["resume"] else []
-        plan = recipe(task, variant, line.params, line.given, from_run)
+        merged = recipe(task, variant, line.params, line.given, from_run)
         extra = {name: line.settings[name] for name in ("resume",) if line.settings[name]}
         if line.settings["repeats"] > 1:  # the seeds it would train
             extra["repeats"] = [line.params["seed"] + offset for offset in range(line.settings["repeats"])]
-        return _print_dry_run({**plan, **extra})
+        return _print_dry_run({**merged, **extra})
 
     from pipelines.data import prepare_data
     from pipelines.tracking import headline, use_experiment
@@ -101,7 +100,7 @@ def sweep_command(line):
     from pipelines.sweeps import plan
 
     task, variant = line.entry_point
-    space, params = plan.plan(task, variant, line.settings, line.params, fixed_by_user=set(line.given))
+    space, params = plan.checked_space(task, variant, line.settings, line.params, fixed_by_user=set(line.given))
     if line.settings["dry_run"]:
         return plan.print_plan(task, variant, line.settings, space, params)
     from pipelines.sweeps import coordinator
@@ -340,10 +339,10 @@ def _unknown_message(word, command, entry_point):
     return f"{name}: not a setting of this command (its settings: {', '.join(command.settings)})"
 
 
-def _print_dry_run(plan):
+def _print_dry_run(merged_recipe):
     from pipelines.tracking import mark_pending_run_dry
 
-    print(yaml.safe_dump(plan, sort_keys=False), end="")
+    print(yaml.safe_dump(merged_recipe, sort_keys=False), end="")
     mark_pending_run_dry()
     return 0
 
@@ -374,9 +373,9 @@ def main(argv=None):
         with stopping.on_forced_stop(report_forced_stop):
             return COMMANDS[line.command].run(line)
     except InputError as error:
-        return _stop(f"error: {error}", "FAILED", EXIT_BAD_INPUT, (launched_run_id, BAD_INPUT))
+        return _stop(f"error: {error}", "FAILED", EXIT_BAD_INPUT, (launched_run_id, schema.BAD_INPUT_ERROR))
     except RunFailed as error:
-        return _stop(f"error: {error}", "FAILED", EXIT_FAILED, (launched_run_id, FAILED))
+        return _stop(f"error: {error}", "FAILED", EXIT_FAILED, (launched_run_id, schema.FAILURE_ERROR))
     except KeyboardInterrupt as stop:
         return _stopped(stop, launcher, launched_run_id)
     except Exception as error:
@@ -387,7 +386,7 @@ def main(argv=None):
             return _stopped(stop, launcher, launched_run_id)
         if not isinstance(error, _store_failures()):
             raise  # a bug: its traceback is what fixes it
-        return _stop(f"error: {_failure_line(error)}", "FAILED", EXIT_FAILED, (launched_run_id, FAILED))
+        return _stop(f"error: {_failure_line(error)}", "FAILED", EXIT_FAILED, (launched_run_id, schema.FAILURE_ERROR))
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
@@ -468,11 +467,11 @@ def _stop(message, status, code, launched=(None, None)):
     if run_id:
         import mlflow
 
-        from pipelines.tracking import DESCRIPTION_TAG, end_pending_run
+        from pipelines.tracking import end_pending_run
 
         try:
             if kind:
-                tags = {ERROR_KIND_TAG: kind, DESCRIPTION_TAG: message}
+                tags = {schema.ERROR_KIND_TAG: kind, schema.DESCRIPTION_TAG: message}
                 mlflow.MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
             end_pending_run(status)
         except mlflow.MlflowException:

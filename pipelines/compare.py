@@ -26,9 +26,9 @@ import lazy_loader as lazy
 import numpy as np
 
 from experiments import TASKS, InputError, Param
-from pipelines import significance, tracking
+from pipelines import schema, significance, tracking
 from pipelines.params import MAIN_ENTRY_POINT, MAX_EXPERIMENT_NAME, NAME_PATTERN, TRAINING_PARAMS
-from pipelines.registry import CHAMPION, REPEAT_COUNT_TAG, logged_predictions, test_digest
+from pipelines.registry import CHAMPION, logged_predictions, test_digest
 
 # Imported on first use: --help and a refused setting need none of them.
 mlflow = lazy.load("mlflow")
@@ -47,7 +47,7 @@ LATENCY_REPEATS = 20
 THROUGHPUT_BATCH = 256
 REPORT_DIR = Path("reports")
 LINEAGE_COLUMNS = ("run_id", "study", "test_dataset_digest", "git_commit")
-HEADLINE_METRICS = ("test_accuracy", "test_mse")  # the metrics with a 95% interval (`<metric>_ci_low`, `_ci_high`)
+HEADLINE_METRICS = ("test_accuracy", "test_mse")  # the metrics with a 95% interval
 PAIRWISE_ALPHA = 0.05
 SETTINGS = {
     "model": Param(
@@ -135,19 +135,23 @@ def version_row(client, version):
         "model": version.name,
         "version": int(version.version),
         "aliases": ", ".join(sorted(version.aliases)),
-        **{name: value for name, value in sorted(metrics.items()) if name.startswith("test_") and not _per_class(name)},
+        **{
+            name: value
+            for name, value in sorted(metrics.items())
+            if name.startswith(schema.TEST_METRIC_PREFIX) and not _per_class(name)
+        },
         **_interval_columns(metrics),
         **_repeat_group(client, run),
         **{name: _as_number(params[name]) for name in KEY_PARAMS if name in params},
-        "num_params": int(params["num_params"]) if "num_params" in params else None,
-        "train_time_s": metrics.get("train_time_s"),
+        "num_params": int(params[schema.NUM_PARAMS_PARAM]) if schema.NUM_PARAMS_PARAM in params else None,
+        "train_time_s": metrics.get(schema.TRAIN_TIME_METRIC),
         "latency_ms": latency_ms,
         "images_per_s": throughput,
         **{name: value for name, value in sorted(metrics.items()) if _per_class(name)},
         "run_id": run.info.run_id,
-        "study": run.data.tags.get("optuna.study_name", ""),
+        "study": schema.study_of(run.data.tags) or "",
         "test_dataset_digest": test_digest(run),
-        "git_commit": run.data.tags.get(tracking.GIT_COMMIT_TAG, "")[:10],
+        "git_commit": run.data.tags.get(schema.GIT_COMMIT_TAG, "")[:10],
     }
     return row
 
@@ -156,7 +160,7 @@ def _interval_columns(metrics):
     """`test_accuracy 95%`: the headline metric's interval as text, for the table and the console."""
     columns = {}
     for metric in HEADLINE_METRICS:
-        interval = tracking.logged_interval(metrics, metric)
+        interval = schema.logged_interval(metrics, metric)
         if interval is not None:
             columns[f"{metric} 95%"] = f"{interval[0]:.4f} to {interval[1]:.4f}"
     return columns
@@ -165,31 +169,33 @@ def _interval_columns(metrics):
 def _repeat_group(client, run):
     """`<metric> over seeds`: mean ± std of the headline metric over the seed-repeats group the
     version's run belongs to (`train --repeats N`), or nothing for a run trained alone."""
-    parent_id = run.data.tags.get("mlflow.parentRunId")
+    parent_id = run.data.tags.get(schema.PARENT_RUN_TAG)
     if not parent_id:
         return {}
     parent = client.get_run(parent_id)
-    count = parent.data.tags.get(REPEAT_COUNT_TAG)
+    count = parent.data.tags.get(schema.REPEAT_COUNT_TAG)
     for metric in HEADLINE_METRICS:
-        mean, std = parent.data.metrics.get(f"{metric}_mean"), parent.data.metrics.get(f"{metric}_std")
+        mean, std = (parent.data.metrics.get(schema.repeat_metric_name(metric, stat)) for stat in ("mean", "std"))
         if count and mean is not None and std is not None:
             return {f"{metric} over seeds": f"{mean:.4f} ± {std:.4f} ({count} seeds)"}
     return {}
 
 
 def _is_interval_end(column):
-    return column.endswith(("_ci_low", "_ci_high"))
+    return column.endswith(schema.INTERVAL_SUFFIXES)
 
 
 def intervals_figure(table, labels):
     """Each version's headline metric with its 95% interval as an error bar, or None without intervals."""
-    metric = next((m for m in HEADLINE_METRICS if f"{m}_ci_low" in table and table[f"{m}_ci_low"].notna().any()), None)
+    lows = {metric: schema.interval_metric_names(metric)[0] for metric in HEADLINE_METRICS}
+    metric = next((m for m, low in lows.items() if low in table and table[low].notna().any()), None)
     if metric is None:
         return None
     rows = [(label, row) for label, (_, row) in zip(labels, table.iterrows(), strict=True) if pd.notna(row[metric])]
     figure, axis = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
     for position, (_, row) in enumerate(rows):
-        value, low, high = row[metric], row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+        value = row[metric]
+        low, high = (row.get(name) for name in schema.interval_metric_names(metric))
         error = [[value - low], [high - value]] if pd.notna(low) and pd.notna(high) else None
         axis.errorbar([value], [position], xerr=error, fmt="o", capsize=4)
     axis.set_yticks(range(len(rows)), [label for label, _ in rows])
@@ -200,7 +206,7 @@ def intervals_figure(table, labels):
     return figure
 
 
-def pairwise_tests(client, versions, labels, alpha=PAIRWISE_ALPHA):
+def pairwise_tests(client, versions, labels):
     """A matrix (DataFrame, rows and columns the versions' labels): is the row's version
     significantly better than the column's on the same test examples? McNemar's exact test
     for classifiers, a paired bootstrap of the squared errors for regressions, on the test
@@ -217,11 +223,11 @@ def pairwise_tests(client, versions, labels, alpha=PAIRWISE_ALPHA):
     cells = {label: {} for label in labels}
     for row in labels:
         for column in labels:
-            cells[row][column] = _pair_cell(predictions.get(row), predictions.get(column), alpha, row == column)
+            cells[row][column] = _pair_cell(predictions.get(row), predictions.get(column), row == column)
     return pd.DataFrame(cells).T[labels]
 
 
-def _pair_cell(row, column, alpha, same):
+def _pair_cell(row, column, same):
     if same:
         return "-"
     if row is None or column is None:
@@ -230,9 +236,9 @@ def _pair_cell(row, column, alpha, same):
         return "other test split"
     pair = significance.paired_bootstrap if row["kind"] == "regression" else significance.paired_classifiers
     test = pair(row["truth"], row["predicted"], column["predicted"])
-    if test.significant(alpha):
+    if test.significant(PAIRWISE_ALPHA):
         verdict = "better"
-    elif test.gain < 0 and test.p_value < alpha:
+    elif test.gain < 0 and test.p_value < PAIRWISE_ALPHA:
         verdict = "worse"
     else:
         verdict = "no significant difference"
@@ -240,7 +246,7 @@ def _pair_cell(row, column, alpha, same):
 
 
 def _per_class(metric):
-    return metric.startswith("test_recall_")
+    return metric.startswith(schema.CLASS_RECALL_PREFIX)
 
 
 def _as_number(text):
@@ -302,7 +308,7 @@ def confusion_figure(versions, labels):
     matrices = {}
     for label, version in zip(labels, versions, strict=True):
         try:
-            matrices[label] = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/evaluation/confusion_matrix.json")
+            matrices[label] = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{schema.CONFUSION_MATRIX_ARTIFACT}")
         except Exception:
             continue
     if not matrices:
@@ -337,7 +343,7 @@ def _png(figure):
     return buffer.getvalue()
 
 
-def run_comparison(spec, output="", experiment=""):
+def run_comparison(spec, output, experiment):
     """Build the report for `spec`, write it locally and log it on a comparison run; return its path."""
     versions = resolve_versions(spec)
     client = mlflow.MlflowClient()
@@ -369,20 +375,21 @@ def run_comparison(spec, output="", experiment=""):
                 draft.unlink(missing_ok=True)
         raise InputError(f"output: cannot write {path}: {getattr(error, 'strerror', None) or error}") from None
     try:
-        tags = {"step": "compare", "compared": spec}
+        tags = {schema.STEP_TAG: schema.COMPARE_STEP, schema.COMPARED_TAG: spec}
         experiment_id = _comparison_experiment(experiment)
-        with tracking.mlflow_run(run_name=f"compare-{_slug(spec)}", tags=tags, experiment_id=experiment_id) as run:
-            mlflow.log_param("models", spec)
-            mlflow.log_text(page, "comparison/report.html")
-            mlflow.log_text(table.to_csv(index=False), "comparison/table.csv")
+        name = f"compare-{_slug(spec)}"
+        with tracking.mlflow_run(name, tags, system_metrics_interval=0, experiment_id=experiment_id) as run:
+            mlflow.log_param(schema.COMPARED_PARAM, spec)
+            mlflow.log_text(page, schema.COMPARISON_REPORT_ARTIFACT)
+            mlflow.log_text(table.to_csv(index=False), f"{schema.COMPARISON_FOLDER}/table.csv")
             if pairwise is not None:
-                mlflow.log_text(pairwise.to_csv(), "comparison/pairwise_tests.csv")
+                mlflow.log_text(pairwise.to_csv(), f"{schema.COMPARISON_FOLDER}/pairwise_tests.csv")
             for name, figure in figures.items():
-                tracking.log_figure(figure, f"comparison/{name}.png")
+                tracking.log_figure(figure, f"{schema.COMPARISON_FOLDER}/{name}.png")
             mlflow.set_tag(
-                tracking.DESCRIPTION_TAG,
+                schema.DESCRIPTION_TAG,
                 f"Comparison of `{spec}` ({len(table)} versions): the report is the artifact "
-                "`comparison/report.html`, beside its table, paired tests and figures.",
+                f"`{schema.COMPARISON_REPORT_ARTIFACT}`, beside its table, paired tests and figures.",
             )
         draft.replace(path)
     finally:
@@ -393,7 +400,7 @@ def run_comparison(spec, output="", experiment=""):
     if pairwise is not None:
         print(f"paired tests on the same test examples (row against column, alpha {PAIRWISE_ALPHA:g}):")
         print(pairwise.to_string())
-    print(f"report: {path} (and comparison/report.html on run {run.info.run_id})")
+    print(f"report: {path} (and {schema.COMPARISON_REPORT_ARTIFACT} on run {run.info.run_id})")
     tracking.print_links({"the comparison run": tracking.run_url(run.info.experiment_id, run.info.run_id)})
     return path, run.info.run_id
 

@@ -21,15 +21,11 @@ import time
 import psutil
 
 from experiments import InputError, Param
+from pipelines import schema
 from pipelines.params import MAX_EXPERIMENT_NAME
 from pipelines.stopping import alive
 
 HEARTBEAT_SECONDS = 30
-HOST_TAG, PID_TAG, STARTED_TAG = "process.host", "process.pid", "process.started"
-HEARTBEAT_TAG = "process.heartbeat"  # UTC, ISO 8601: readable in the UI, comparable in reap
-REASON_TAG, REAPED_AT_TAG = "reap.reason", "reap.time"
-# A run `mlflow run` created whose command never started has no heartbeat, only this tag.
-PROJECT_ENTRY_POINT_TAG = "mlflow.project.entryPoint"
 SAME_PROCESS_SECONDS = 1.0  # process start times further apart than this: the pid was reused
 SETTINGS = {
     "stale_after": Param(
@@ -54,14 +50,15 @@ def timestamp(moment):
     return moment.isoformat(timespec="seconds")
 
 
+def this_process():
+    """Where this process runs, and a first heartbeat."""
+    started = f"{psutil.Process().create_time():.2f}"
+    return schema.RunProcess(socket.gethostname(), str(os.getpid()), started, timestamp(now()))
+
+
 def process_tags():
-    """Where this process runs, and a first heartbeat: tags for a run it starts."""
-    return {
-        HOST_TAG: socket.gethostname(),
-        PID_TAG: str(os.getpid()),
-        STARTED_TAG: f"{psutil.Process().create_time():.2f}",
-        HEARTBEAT_TAG: timestamp(now()),
-    }
+    """Tags for a run this process starts: where it runs, and a first heartbeat."""
+    return schema.process_tags(this_process())
 
 
 class Heartbeat:
@@ -94,7 +91,7 @@ class Heartbeat:
                 runs = dict(self._runs)
             for run_id, uri in runs.items():
                 try:
-                    mlflow.MlflowClient(uri).set_tag(run_id, HEARTBEAT_TAG, timestamp(now()))
+                    mlflow.MlflowClient(uri).set_tag(run_id, schema.HEARTBEAT_TAG, timestamp(now()))
                 except Exception as error:  # a store that is briefly away must not stop the training
                     if not self._warned:
                         self._warned = True
@@ -111,18 +108,20 @@ def staleness(run, stale_after, moment, host=None):
     """Why the RUNNING `run` is stale, or None while its process may still live."""
     tags = run.data.tags
     host = host or socket.gethostname()
-    if HEARTBEAT_TAG in tags:
-        if tags.get(HOST_TAG) == host and not same_process_alive(tags):
-            return f"its process {tags.get(PID_TAG)} on {host} is gone"
+    process = schema.process_of(tags)
+    if process is not None:
+        if process.host == host and not same_process_alive(process.pid, process.started):
+            return f"its process {process.pid} on {host} is gone"
         try:
-            last = datetime.datetime.fromisoformat(tags[HEARTBEAT_TAG])
+            last = datetime.datetime.fromisoformat(process.heartbeat)
         except ValueError:
-            return f"its heartbeat tag is unreadable ({tags[HEARTBEAT_TAG][:40]!r})"
+            return f"its heartbeat tag is unreadable ({process.heartbeat[:40]!r})"
         silent = (moment - last).total_seconds()
         if silent > stale_after:
-            return f"no heartbeat for {_duration(silent)} (last {tags[HEARTBEAT_TAG]}, from {tags.get(HOST_TAG)})"
+            return f"no heartbeat for {_duration(silent)} (last {process.heartbeat}, from {process.host})"
         return None
-    if PROJECT_ENTRY_POINT_TAG in tags:  # `mlflow run` made it; its command never reported
+    # A run `mlflow run` created whose command never started has no heartbeat, only MLflow's tags.
+    if schema.PROJECT_ENTRY_POINT_TAG in tags:
         started = datetime.datetime.fromtimestamp(run.info.start_time / 1000, datetime.timezone.utc)
         silent = (moment - started).total_seconds()
         if silent > stale_after:
@@ -130,12 +129,12 @@ def staleness(run, stale_after, moment, host=None):
     return None  # not a run of this project: left alone
 
 
-def same_process_alive(tags):
-    """True while the process that `tags` (PID_TAG, STARTED_TAG) name runs on this host."""
+def same_process_alive(pid, started):
+    """True while process `pid` of this host, started at `started` (as a RunProcess says), runs."""
     try:
-        process = psutil.Process(int(tags[PID_TAG]))
-        started = float(tags[STARTED_TAG])
-    except (KeyError, ValueError, psutil.NoSuchProcess):
+        process = psutil.Process(int(pid))
+        started = float(started)
+    except (ValueError, psutil.NoSuchProcess):
         return False
     except psutil.Error:
         return True
@@ -150,7 +149,7 @@ def _duration(seconds):
     return f"{seconds / 3600:.1f} h"
 
 
-def reap(stale_after=300, experiment="", dry_run=False):
+def reap(stale_after, experiment, dry_run):
     """End every stale RUNNING run FAILED, tagged with why; return [(run, reason)]."""
     import mlflow
 
@@ -175,8 +174,8 @@ def reap(stale_after=300, experiment="", dry_run=False):
     names = {}
     for run, reason in stale:
         if not dry_run:
-            client.set_tag(run.info.run_id, REASON_TAG, reason)
-            client.set_tag(run.info.run_id, REAPED_AT_TAG, timestamp(moment))
+            client.set_tag(run.info.run_id, schema.REAP_REASON_TAG, reason)
+            client.set_tag(run.info.run_id, schema.REAPED_AT_TAG, timestamp(moment))
             client.set_terminated(run.info.run_id, "FAILED")
         experiment_id = run.info.experiment_id
         if experiment_id not in names:

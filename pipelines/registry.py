@@ -26,21 +26,19 @@ import numpy as np
 from filelock import FileLock
 
 from experiments import InputError, Param, resolve
-from pipelines import significance, tracking
+from pipelines import schema, significance, tracking
 from pipelines.params import ENTRY_POINT_SETTINGS, MAX_EXPERIMENT_NAME, NAME_PATTERN
 
 mlflow = lazy.load("mlflow")  # imported on first use: --help and a refused setting need none of it
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PAIRED, MARGIN = "paired", "margin"
-# A seed-repeats parent run (pipelines/repeats.py): how many seeds, and the run of its median seed.
-REPEAT_COUNT_TAG, REPEAT_MEDIAN_TAG = "repeat.count", "repeat.median_run_id"
+PROMOTION_TAG = schema.PROMOTION_TAGS  # by what it holds: PROMOTION_TAG["gate"]
 GATES = (PAIRED, MARGIN)
 # Promote runs live here, not among the training runs (in whose tables and charts they would
 # pass for models): the runs `mlflow run` creates stay in the experiment it chose.
 PROMOTE_EXPERIMENT = "promotions"
 SERVING_ADDRESS = "127.0.0.1:5001"  # beside the MLflow UI, which takes port 5000
-SERVING_INPUT_EXAMPLE = "serving_input_example.json"  # MLflow writes it beside a model logged with an input example
 SETTINGS = {
     **ENTRY_POINT_SETTINGS,
     "experiment": Param(
@@ -97,7 +95,7 @@ def is_better(task, value, than, margin):
 # --- choosing the run ------------------------------------------------------------------
 
 
-def find_candidate(task, variant, run_id="", study="", experiment_ids=None):
+def find_candidate(task, variant, run_id, study, experiment_ids=None):
     """The run to promote: the given run, or the best finished run of the entry point (or of one sweep)."""
     entry_point = task.qualified_name(variant)
     metric = task.primary_metric
@@ -107,18 +105,18 @@ def find_candidate(task, variant, run_id="", study="", experiment_ids=None):
             run = client.get_run(run_id)
         except mlflow.MlflowException:
             raise InputError(f"run_id: no run {run_id} in the tracking store {mlflow.get_tracking_uri()}") from None
-        median = run.data.tags.get(REPEAT_MEDIAN_TAG)
+        median = schema.repeats_median_run(run.data.tags)
         if median:  # a seed-repeats parent stands for its median seed's run
-            print(f"run {run_id} repeats {run.data.tags.get(REPEAT_COUNT_TAG)} seeds: its median seed's run {median}")
+            seeds = run.data.tags.get(schema.REPEAT_COUNT_TAG)
+            print(f"run {run_id} repeats {seeds} seeds: its median seed's run {median}")
             run = client.get_run(median)
-        if run.data.tags.get("entry_point") != entry_point:
-            raise InputError(
-                f"run_id: run {run_id} trained {run.data.tags.get('entry_point', 'no entry point')}, not {entry_point}"
-            )
+        trained = schema.trained_entry_point(run.data.tags)
+        if trained != entry_point:
+            raise InputError(f"run_id: run {run_id} trained {trained or 'no entry point'}, not {entry_point}")
         return _candidate(run, metric)
-    query = f"tags.entry_point = '{entry_point}' AND attributes.status = 'FINISHED'"
+    query = schema.trainings_filter(entry_point)
     if study:
-        query += f" AND tags.`optuna.study_name` = '{study}' AND tags.sweep = 'trial'"
+        query += f" AND {schema.trials_filter(study)}"
     order = "ASC" if task.kind == "regression" else "DESC"
     found = mlflow.search_runs(
         experiment_ids=experiment_ids,
@@ -151,7 +149,7 @@ def _candidate(run, metric):
 # --- registering and gating -------------------------------------------------------------
 
 
-def promote(task, variant, candidate, margin, gate=PAIRED, alpha=0.05, evidence=None):
+def promote(task, variant, candidate, margin, gate, alpha, evidence=None):
     """Register `candidate` (once) as a version of the entry point's model; move the aliases.
 
     The evidence against the champion (`weigh`) is gathered before anything is registered, so
@@ -182,7 +180,8 @@ def promote(task, variant, candidate, margin, gate=PAIRED, alpha=0.05, evidence=
     return decision
 
 
-DECISION_TAGS = {tracking.INTERVAL_TAG, "compared_with", "p_value"}  # a version's tags that only some decisions have
+# A version's tags that only some decisions have.
+DECISION_TAGS = {schema.INTERVAL_TAG, schema.VERSION_COMPARED_WITH_TAG, schema.VERSION_P_VALUE_TAG}
 
 
 def version_tags(candidate, decision):
@@ -192,14 +191,17 @@ def version_tags(candidate, decision):
     tags, evidence = candidate.run.data.tags, decision.evidence
     found = {
         candidate.metric: f"{candidate.value:.6g}",
-        tracking.INTERVAL_TAG: tracking.interval_text(decision.interval),
-        "decision": decision.outcome,
-        "compared_with": evidence.get("promotion.champion_version", ""),
-        "p_value": evidence.get("promotion.p_value", ""),
-        "git_commit": tags.get(tracking.GIT_COMMIT_TAG, "unknown"),
+        schema.INTERVAL_TAG: tracking.interval_text(decision.interval),
+        schema.VERSION_DECISION_TAG: decision.outcome,
+        schema.VERSION_COMPARED_WITH_TAG: evidence.get(PROMOTION_TAG["champion_version"], ""),
+        schema.VERSION_P_VALUE_TAG: evidence.get(PROMOTION_TAG["p_value"], ""),
+        schema.VERSION_GIT_COMMIT_TAG: tags.get(schema.GIT_COMMIT_TAG, "unknown"),
     }
-    if "optuna.study_name" in tags:
-        found |= {"study": tags["optuna.study_name"], "trial": tags.get("optuna.trial_number", "")}
+    if schema.study_of(tags):
+        found |= {
+            schema.VERSION_STUDY_TAG: schema.study_of(tags),
+            schema.VERSION_TRIAL_TAG: tags.get(schema.TRIAL_NUMBER_TAG, ""),
+        }
     return {key: value for key, value in found.items() if value}
 
 
@@ -219,7 +221,7 @@ def describe_version(candidate, decision):
 def test_digest(run):
     """The digest of the test split the run was evaluated on (logged as a dataset input)."""
     for dataset_input in run.inputs.dataset_inputs:
-        if {tag.key: tag.value for tag in dataset_input.tags}.get("mlflow.data.context") == "test":
+        if schema.dataset_context(dataset_input) == "test":
             return dataset_input.dataset.digest
     return ""
 
@@ -249,12 +251,13 @@ class Evidence:
     paired: significance.PairedTest | None = None  # gate=paired: the test on the same examples
 
 
-def _gate(task, candidate, version, champion, margin, gate=PAIRED, alpha=0.05, evidence=None):
+def _gate(task, candidate, version, champion, margin, gate, alpha, evidence=None):
     metric, value = candidate.metric, candidate.value
-    own_interval = tracking.logged_interval(candidate.run.data.metrics, metric)
+    own_interval = schema.logged_interval(candidate.run.data.metrics, metric)
     score = f"{metric} {value:.4f}" + (f" (95% interval {_interval_text(own_interval)})" if own_interval else "")
     if champion is None:
-        return Decision(version, version, True, f"no champion yet; {score}", {"promotion.gate": gate}, own_interval)
+        first = {PROMOTION_TAG["gate"]: gate}
+        return Decision(version, version, True, f"no champion yet; {score}", first, own_interval)
     if str(champion.version) == version:
         reason = f"version {version} is already the champion; {score}"
         return Decision(version, version, False, reason, interval=own_interval)
@@ -267,13 +270,13 @@ def _gate(task, candidate, version, champion, margin, gate=PAIRED, alpha=0.05, e
     verdict += f", alpha {alpha:g})" if gate == PAIRED else ")"
     if not evidence.same_data:
         verdict += "; the champion was evaluated again on this run's test data"
-    tags = {"promotion.gate": gate, "promotion.champion_version": str(champion.version)}
-    intervals = {"promotion.challenger_interval": challenger_ci, "promotion.champion_interval": champion_ci}
+    tags = {PROMOTION_TAG["gate"]: gate, PROMOTION_TAG["champion_version"]: str(champion.version)}
+    intervals = {PROMOTION_TAG["challenger_interval"]: challenger_ci, PROMOTION_TAG["champion_interval"]: champion_ci}
     tags |= {key: text for key, text in intervals.items() if text}
     wins = is_better(task, value, evidence.champion_value, margin)
     if gate == PAIRED:
         test = evidence.paired
-        tags |= {"promotion.alpha": f"{alpha:g}", **paired_tags(test)}
+        tags |= {PROMOTION_TAG["alpha"]: f"{alpha:g}", **paired_tags(test)}
         significant = test.significant(alpha)
         wins = wins and significant
         if test.gain <= 0:
@@ -294,18 +297,18 @@ def _gate(task, candidate, version, champion, margin, gate=PAIRED, alpha=0.05, e
 def paired_tags(test):
     """A paired test as a version's tags: which test, on how many examples, its counts and p-value."""
     tags = {
-        "promotion.test": test.test,
-        "promotion.test_examples": str(test.examples),
-        "promotion.gain": f"{test.gain:.6g}",
-        "promotion.p_value": f"{test.p_value:.6g}",
+        PROMOTION_TAG["test"]: test.test,
+        PROMOTION_TAG["test_examples"]: str(test.examples),
+        PROMOTION_TAG["gain"]: f"{test.gain:.6g}",
+        PROMOTION_TAG["p_value"]: f"{test.p_value:.6g}",
     }
     if test.test == "mcnemar":
         tags |= {
-            "promotion.challenger_only_right": str(test.challenger_only),
-            "promotion.champion_only_right": str(test.champion_only),
+            PROMOTION_TAG["challenger_only_right"]: str(test.challenger_only),
+            PROMOTION_TAG["champion_only_right"]: str(test.champion_only),
         }
     else:
-        tags["promotion.gain_interval"] = _interval_text(test.gain_interval)
+        tags[PROMOTION_TAG["gain_interval"]] = _interval_text(test.gain_interval)
     return tags
 
 
@@ -313,7 +316,7 @@ def _interval_text(interval):
     return "" if interval is None else f"{interval[0]:.4f} to {interval[1]:.4f}"
 
 
-def weigh(task, candidate, champion, gate=PAIRED):
+def weigh(task, candidate, champion, gate):
     """The champion's metric (and interval) on the candidate's test data, and with gate=paired
     the paired test of the two on the same examples.
 
@@ -326,11 +329,11 @@ def weigh(task, candidate, champion, gate=PAIRED):
     same_data = bool(digest) and test_digest(champion_run) == digest
     metric = candidate.metric
     intervals = {}
-    if tracking.logged_interval(candidate.run.data.metrics, metric):
-        intervals["challenger"] = tracking.logged_interval(candidate.run.data.metrics, metric)
+    if schema.logged_interval(candidate.run.data.metrics, metric):
+        intervals["challenger"] = schema.logged_interval(candidate.run.data.metrics, metric)
     if gate != PAIRED and same_data and metric in champion_run.data.metrics:
-        if tracking.logged_interval(champion_run.data.metrics, metric):
-            intervals["champion"] = tracking.logged_interval(champion_run.data.metrics, metric)
+        if schema.logged_interval(champion_run.data.metrics, metric):
+            intervals["champion"] = schema.logged_interval(champion_run.data.metrics, metric)
         return Evidence(champion_run.data.metrics[metric], True, intervals)
     challenger = logged_predictions(candidate.run, digest) if gate == PAIRED else None
     if gate == PAIRED and challenger is None:  # a run from before predictions were logged
@@ -363,14 +366,14 @@ def weigh(task, candidate, champion, gate=PAIRED):
 
 
 def logged_predictions(run, digest=None):
-    """{truth, predicted, ...} the run logged on its test split (`reporting.PREDICTIONS_ARTIFACT`),
+    """{truth, predicted, ...} the run logged on its test split (`schema.PREDICTIONS_ARTIFACT`),
     or None when it logged none (or, given `digest`, of another split)."""
     from pipelines import reporting  # matplotlib and scikit-learn: imported when a promotion pairs runs
 
     with tempfile.TemporaryDirectory(prefix="predictions-") as folder:
         try:
             path = mlflow.artifacts.download_artifacts(
-                run_id=run.info.run_id, artifact_path=reporting.PREDICTIONS_ARTIFACT, dst_path=folder
+                run_id=run.info.run_id, artifact_path=schema.PREDICTIONS_ARTIFACT, dst_path=folder
             )
             found = reporting.read_predictions(path)  # read whole: the file goes with the folder
         except (mlflow.MlflowException, OSError, KeyError, ValueError):
@@ -389,11 +392,6 @@ def _evaluate_again(task, run, model_uri, what):
         ) from None
 
 
-def evaluate_on(task, run, model_uri):
-    """Test metrics of `model_uri` on the test split that `run` was evaluated on."""
-    return evaluate_predictions(task, run, model_uri)[0]
-
-
 def evaluate_predictions(task, run, model_uri):
     """(test metrics, {truth, predicted}) of `model_uri` on the test split `run` was evaluated on."""
     from pipelines import reporting
@@ -401,7 +399,7 @@ def evaluate_predictions(task, run, model_uri):
 
     data = run.data.params.get("data") or None
     splits = task.load(Path(data) if data else None, split_seed_of(run))
-    variant = run.data.tags["variant"]
+    variant = run.data.tags[schema.VARIANT_TAG]
     metrics, _, outputs = evaluate_model(mlflow.keras.load_model(model_uri), task, variant, splits)
     truth, predicted = reporting.prediction_arrays(task.kind, splits.y_test, outputs)
     return metrics, {"truth": truth, "predicted": predicted}
@@ -443,7 +441,7 @@ def describe_promotion(name, candidate, decision):
 def serving_commands(model_uri):
     """What a promotion prints to serve the model, then to ask it with the input example it was logged with."""
     host, port = SERVING_ADDRESS.split(":")
-    example = f"{model_uri}/{SERVING_INPUT_EXAMPLE}"
+    example = f"{model_uri}/{schema.SERVING_INPUT_EXAMPLE}"
     return [
         "serve it:",
         f"  TF_CPP_MIN_LOG_LEVEL=3 mlflow models serve -m {model_uri} --env-manager local --host {host} --port {port}",
@@ -453,7 +451,7 @@ def serving_commands(model_uri):
     ]
 
 
-def run_promotion(task, variant="", run_id="", study="", margin=0.0, gate=PAIRED, alpha=0.05, experiment=""):
+def run_promotion(task, variant, run_id, study, margin, gate, alpha, experiment):
     """Pick, register and gate a run of `task` (a task or entry point name) inside a
     `promote-<model>` MLflow run; print the decision. A challenger that cannot be paired
     with the champion is refused before that run starts."""
@@ -471,7 +469,12 @@ def run_promotion(task, variant="", run_id="", study="", margin=0.0, gate=PAIRED
     tracking.open_store()
     own_experiment = None if os.environ.get("MLFLOW_RUN_ID") else tracking.experiment_of_its_own(PROMOTE_EXPERIMENT)
     # No `entry_point` tag: a promote run must never be taken for a training run.
-    tags = {"task": task.name, "variant": variant, "model": name, "step": "promote"}
+    tags = {
+        schema.TASK_TAG: task.name,
+        schema.VARIANT_TAG: variant,
+        schema.MODEL_TAG: name,
+        schema.STEP_TAG: schema.PROMOTE_STEP,
+    }
     selection = f"run {run_id}" if run_id else f"best of sweep {study}" if study else "best run"
     settings = {"margin": margin, "gate": gate, "alpha": alpha}
     with promotion_lock(name):  # re-entrant: `promote` takes it again; the champion can't change in between
@@ -479,19 +482,19 @@ def run_promotion(task, variant="", run_id="", study="", margin=0.0, gate=PAIRED
         champion = _current(mlflow.MlflowClient(), name, CHAMPION)
         if champion is not None and champion.run_id != candidate.run.info.run_id:
             evidence = weigh(task, candidate, champion, gate)  # a refusal comes here, before any run
-        with tracking.mlflow_run(run_name=f"promote-{name}", tags=tags, experiment_id=own_experiment) as run:
-            mlflow.log_params(
-                {"model": name, **settings, "source_run_id": candidate.run.info.run_id, "selection": selection}
-            )
+        promotion = f"promote-{name}"  # seconds of bookkeeping: no system metrics
+        with tracking.mlflow_run(promotion, tags, system_metrics_interval=0, experiment_id=own_experiment) as run:
+            source = {schema.SOURCE_RUN_PARAM: candidate.run.info.run_id, schema.SELECTION_PARAM: selection}
+            mlflow.log_params({schema.MODEL_PARAM: name, **settings, **source})
             decision = promote(task, variant, candidate, **settings, evidence=evidence)
             mlflow.set_tags(
                 {
-                    "model_version": decision.version,
-                    "champion_version": decision.champion,
-                    "promotion.decision": decision.outcome,
-                    "promotion.reason": decision.reason,
+                    schema.PROMOTED_VERSION_TAG: decision.version,
+                    schema.CHAMPION_VERSION_TAG: decision.champion,
+                    PROMOTION_TAG["decision"]: decision.outcome,
+                    PROMOTION_TAG["reason"]: decision.reason,
                     **decision.evidence,
-                    tracking.DESCRIPTION_TAG: describe_promotion(name, candidate, decision),
+                    schema.DESCRIPTION_TAG: describe_promotion(name, candidate, decision),
                 }
             )
     print(

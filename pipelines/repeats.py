@@ -15,16 +15,10 @@ import mlflow
 import numpy as np
 
 from experiments import InputError
-from pipelines import tracking
+from pipelines import schema, tracking
 from pipelines.data import prepare_data
-from pipelines.registry import REPEAT_COUNT_TAG as PARENT_TAG
-from pipelines.registry import REPEAT_MEDIAN_TAG as MEDIAN_RUN_TAG
 from pipelines.reporting import plt
 from pipelines.train import train
-
-MEDIAN_SEED_TAG = "repeat.median_seed"
-SEED_TAG = "repeat.seed"  # on each child
-STATISTICS = ("mean", "std", "min", "max")
 
 
 def prepare_repeats(task, variant, params, repeats):
@@ -36,34 +30,45 @@ def prepare_repeats(task, variant, params, repeats):
     return {seed: prepare_data(task, variant, {**params, "seed": seed}) for seed in seeds}
 
 
-def run_repeats(task, variant, params, prepared, system_metrics_interval=0):
+def run_repeats(task, variant, params, prepared, system_metrics_interval):
     """Train each seed of `prepared` (`prepare_repeats`) under one parent run; return
     (parent run id, [TrainResult])."""
     name = task.qualified_name(variant)
     seeds, repeats = list(prepared), len(prepared)
-    tags = {"task": task.name, "variant": variant, "model": name, PARENT_TAG: str(repeats)}
+    tags = {
+        schema.TASK_TAG: task.name,
+        schema.VARIANT_TAG: variant,
+        schema.MODEL_TAG: name,
+        schema.REPEAT_COUNT_TAG: str(repeats),
+    }
     first, last = seeds[0], seeds[-1]
-    with tracking.mlflow_run(run_name=f"{name}-seeds{first}-{last}", tags=tags) as parent:
+    # The parent only gathers: each child samples its own system metrics.
+    with tracking.mlflow_run(f"{name}-seeds{first}-{last}", tags, system_metrics_interval=0) as parent:
         tracking.log_new_params({**params, "repeats": repeats})
         results = []
         for seed, splits in prepared.items():
             child = {**params, "seed": seed}
-            results.append(train(task, variant, child, tags={SEED_TAG: str(seed)}, splits=splits))
+            seed_tag = {schema.REPEAT_SEED_TAG: str(seed)}
+            result = train(
+                task, variant, child, tags=seed_tag, splits=splits, system_metrics_interval=system_metrics_interval
+            )
+            results.append(result)
         summary = summarize([result.metrics for result in results])
         mlflow.log_metrics(summary)
         median = median_index([result.metrics for result in results], task)
         mlflow.set_tags(
             {
-                MEDIAN_RUN_TAG: results[median].run_id,
-                MEDIAN_SEED_TAG: str(seeds[median]),
-                tracking.DESCRIPTION_TAG: describe(name, task.primary_metric, summary, seeds, results, median),
+                schema.REPEAT_MEDIAN_RUN_TAG: results[median].run_id,
+                schema.REPEAT_MEDIAN_SEED_TAG: str(seeds[median]),
+                schema.DESCRIPTION_TAG: describe(name, task.primary_metric, summary, seeds, results, median),
             }
         )
-        tracking.log_figure(mean_curves([result.history for result in results]), "figures/learning_curves.png")
+        tracking.log_figure(mean_curves([result.history for result in results]), schema.LEARNING_CURVES_ARTIFACT)
     metric = task.primary_metric
+    mean, std = (summary[schema.repeat_metric_name(metric, statistic)] for statistic in ("mean", "std"))
     print(
-        f"repeats {parent.info.run_id} finished: {metric} {summary[f'{metric}_mean']:.4g} "
-        f"± {summary[f'{metric}_std']:.2g} over seeds {first} to {last}; median seed {seeds[median]}"
+        f"repeats {parent.info.run_id} finished: {metric} {mean:.4g} ± {std:.2g} over seeds {first} to {last}; "
+        f"median seed {seeds[median]}"
     )
     experiment_id = parent.info.experiment_id
     tracking.print_links(
@@ -81,10 +86,11 @@ def summarize(children_metrics):
     """{metric_mean, _std, _min, _max} of every test metric all children logged (population std)."""
     names = set.intersection(*(set(metrics) for metrics in children_metrics))
     summary = {}
-    for name in sorted(n for n in names if n.startswith("test_")):
+    for name in sorted(n for n in names if n.startswith(schema.TEST_METRIC_PREFIX)):
         values = np.array([metrics[name] for metrics in children_metrics], dtype="float64")
-        for statistic, value in zip(STATISTICS, (values.mean(), values.std(), values.min(), values.max()), strict=True):
-            summary[f"{name}_{statistic}"] = float(value)
+        statistics = (values.mean(), values.std(), values.min(), values.max())
+        for statistic, value in zip(schema.REPEAT_STATISTICS, statistics, strict=True):
+            summary[schema.repeat_metric_name(name, statistic)] = float(value)
     return summary
 
 
@@ -119,7 +125,7 @@ def mean_curves(histories):
 
 
 def describe(name, metric, summary, seeds, results, median):
-    mean, std = summary.get(f"{metric}_mean"), summary.get(f"{metric}_std")
+    mean, std = (summary.get(schema.repeat_metric_name(metric, statistic)) for statistic in ("mean", "std"))
     headline = f"**{metric} {mean:.4f} ± {std:.4f}**" if mean is not None else "no test result"
     return (
         f"{name}: {headline} (mean ± std over seeds {seeds[0]} to {seeds[-1]}; min "

@@ -15,10 +15,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pipelines import significance
+from pipelines import schema, significance
 
 BINARY_THRESHOLD = 0.5
-PREDICTIONS_ARTIFACT = "evaluation/test_predictions.npz"  # what a later comparison pairs runs by
 
 
 def learning_curves(history):
@@ -60,7 +59,10 @@ def classification_metrics(kind, y_true, outputs, class_names):
     recalls = recall_score(y_true, y_pred, labels=present, average=None, zero_division=0)
     return {
         "test_macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-        **{f"test_recall_{class_names[label]}": float(recall) for label, recall in zip(present, recalls, strict=True)},
+        **{
+            schema.CLASS_RECALL_PREFIX + class_names[label]: float(recall)
+            for label, recall in zip(present, recalls, strict=True)
+        },
     }
 
 
@@ -69,7 +71,7 @@ def interval_metrics(kind, y_true, outputs):
     a bootstrap over the test examples for a regression's MSE."""
     low, high = significance.interval_of(kind, *prediction_arrays(kind, y_true, outputs))
     metric = "test_mse" if kind == "regression" else "test_accuracy"
-    return {f"{metric}_ci_low": low, f"{metric}_ci_high": high}
+    return dict(zip(schema.interval_metric_names(metric), (low, high), strict=True))
 
 
 def prediction_arrays(kind, y_true, outputs):

@@ -24,12 +24,10 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from experiments import InputError, resolve
-from pipelines import checkpoints, liveness
+from pipelines import checkpoints, liveness, schema
 from pipelines.params import declared_params
 
 NOT_COMPARED = ("epochs", "data")  # epochs may be raised; the data is compared by its digests
-FROM_EPOCH_TAG, EPOCHS_TAG, RESUMED_TAG = "resume.from_epoch", "resume.epochs", "resume.run_id"
-CLAIM_PREFIX = "resume.claim."  # + n: the n-th resume's process, "host pid start-time claimed-at-ms"
 
 
 @dataclass(frozen=True)
@@ -58,10 +56,12 @@ def experiment_of(run_id, requested):
 
 def entry_point_of(run_id):
     """(task, variant) that run `run_id` trained: what `--resume <id>` goes on with when no task is given."""
-    tags = _read_run(run_id).data.tags
-    if not tags.get("entry_point"):
-        raise InputError(f"resume: run {run_id} is not a training of this project (it has no entry_point tag)")
-    return resolve(tags["entry_point"])
+    entry_point = schema.trained_entry_point(_read_run(run_id).data.tags)
+    if not entry_point:
+        raise InputError(
+            f"resume: run {run_id} is not a training of this project (it has no {schema.ENTRY_POINT_TAG} tag)"
+        )
+    return resolve(entry_point)
 
 
 def own_params(run_id, task, variant, given):
@@ -71,13 +71,13 @@ def own_params(run_id, task, variant, given):
     `mlflow run` passes every parameter of an entry point, so under it a value equal to the
     entry point's default is taken for one the user did not give."""
     declared, run = declared_params(task, variant), _read_run(run_id)
-    if run.data.tags.get("entry_point") != task.qualified_name(variant):
-        return given  # not this entry point's run: `plan` says so
+    if schema.trained_entry_point(run.data.tags) != task.qualified_name(variant):
+        return given  # not this entry point's run: `resumption_of` says so
     texts = {name: value for name, value in run.data.params.items() if name in declared}
-    if liveness.PROJECT_ENTRY_POINT_TAG in run.data.tags:  # `mlflow run` logged its values shell-quoted: '' for empty
+    if schema.PROJECT_ENTRY_POINT_TAG in run.data.tags:  # `mlflow run` logged its values shell-quoted: '' for empty
         texts = {name: shlex.split(value)[0] if value else value for name, value in texts.items()}
-    if EPOCHS_TAG in run.data.tags:
-        texts["epochs"] = run.data.tags[EPOCHS_TAG]
+    if schema.RESUME_EPOCHS_TAG in run.data.tags:
+        texts["epochs"] = run.data.tags[schema.RESUME_EPOCHS_TAG]
     if os.environ.get("MLFLOW_RUN_ID"):
         given = {
             name: text for name, text in given.items() if declared[name].parse(name, text) != declared[name].default
@@ -99,7 +99,7 @@ def _get_run(client, run_id):
         raise InputError(f"resume: no run {run_id} in the tracking store {mlflow.get_tracking_uri()}") from None
 
 
-def plan(run_id, task, variant, params, digests):
+def resumption_of(run_id, task, variant, params, digests):
     """How to resume `run_id` with `params`, with the run claimed for this process; or one
     InputError that says why it can't be, with the run unchanged."""
     client = mlflow.MlflowClient()
@@ -107,21 +107,22 @@ def plan(run_id, task, variant, params, digests):
     entry_point, tags = task.qualified_name(variant), run.data.tags
     if run.info.lifecycle_stage != "active":
         raise InputError(f"resume: run {run_id} is deleted")
-    if tags.get("entry_point") != entry_point:
-        raise InputError(f"resume: run {run_id} trained {tags.get('entry_point', 'no entry point')}, not {entry_point}")
-    if tags.get("sweep") == "trial":
+    trained = schema.trained_entry_point(tags)
+    if trained != entry_point:
+        raise InputError(f"resume: run {run_id} trained {trained or 'no entry point'}, not {entry_point}")
+    if schema.is_trial(tags):
         raise InputError(
-            f"resume: run {run_id} is a trial of sweep {tags.get('optuna.study_name')}; "
+            f"resume: run {run_id} is a trial of sweep {schema.study_of(tags)}; "
             "run the sweep again, which retries it from its checkpoint"
         )
     stale_after = liveness.SETTINGS["stale_after"].default
     if run.info.status == "RUNNING":
         why = liveness.staleness(run, stale_after, liveness.now())
         if why is None:
+            process = schema.process_of(tags) or schema.RunProcess("?", "?", "", "none")
             raise InputError(
-                f"resume: run {run_id} is RUNNING, its process {tags.get(liveness.PID_TAG, '?')} on "
-                f"{tags.get(liveness.HOST_TAG, '?')} alive (heartbeat {tags.get(liveness.HEARTBEAT_TAG, 'none')}); "
-                "stop it first"
+                f"resume: run {run_id} is RUNNING, its process {process.pid or '?'} on {process.host or '?'} "
+                f"alive (heartbeat {process.heartbeat}); stop it first"
             )
     holder = _live_claim(run, stale_after)
     if holder:
@@ -142,8 +143,8 @@ def _claims(run):
     """[(n, value)] of the run's resume claims, in order."""
     found = []
     for key, value in run.data.params.items():
-        number = key.removeprefix(CLAIM_PREFIX)
-        if key.startswith(CLAIM_PREFIX) and number.isdigit():
+        number = key.removeprefix(schema.RESUME_CLAIM_PARAM_PREFIX)
+        if key.startswith(schema.RESUME_CLAIM_PARAM_PREFIX) and number.isdigit():
             found.append((int(number), value))
     return sorted(found)
 
@@ -163,10 +164,9 @@ def _live_claim(run, stale_after):
         return None  # not a claim this project wrote
     if run.info.status != "RUNNING" and (run.info.end_time or 0) >= claimed_at:
         return None
-    holder = f"process {pid} on {host} (param {CLAIM_PREFIX}{claims[-1][0]})"
+    holder = f"process {pid} on {host} (param {schema.RESUME_CLAIM_PARAM_PREFIX}{claims[-1][0]})"
     if host == socket.gethostname():
-        tags = {liveness.PID_TAG: pid, liveness.STARTED_TAG: started}
-        return holder if liveness.same_process_alive(tags) else None
+        return holder if liveness.same_process_alive(pid, started) else None
     return holder if time.time() * 1000 - claimed_at < stale_after * 1000 else None
 
 
@@ -174,9 +174,9 @@ def _claim(client, run):
     """Log this process's claim on `run`, numbered after the claims the run held when it was
     read; refused in one line if another resume logged that number first."""
     claims = _claims(run)
-    key = f"{CLAIM_PREFIX}{claims[-1][0] + 1 if claims else 1}"
-    tags = liveness.process_tags()
-    value = f"{tags[liveness.HOST_TAG]} {tags[liveness.PID_TAG]} {tags[liveness.STARTED_TAG]} {int(time.time() * 1000)}"
+    key = f"{schema.RESUME_CLAIM_PARAM_PREFIX}{claims[-1][0] + 1 if claims else 1}"
+    process = liveness.this_process()
+    value = f"{process.host} {process.pid} {process.started} {int(time.time() * 1000)}"
     try:
         client.log_param(run.info.run_id, key, value)
     except MlflowException as error:
@@ -205,8 +205,7 @@ def _check_recipe(run, task, variant, params):
 def _check_data(run, digests):
     logged = {}
     for dataset_input in run.inputs.dataset_inputs:
-        context = {tag.key: tag.value for tag in dataset_input.tags}.get("mlflow.data.context")
-        logged[context] = dataset_input.dataset.digest
+        logged[schema.dataset_context(dataset_input)] = dataset_input.dataset.digest
     for context, digest in digests.items():
         if context in logged and logged[context] != digest:
             raise InputError(

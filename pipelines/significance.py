@@ -44,11 +44,11 @@ def wilson_interval(successes, n, confidence=CONFIDENCE):
     return float(max(0.0, min(centre - half, p))), float(min(1.0, max(centre + half, p)))
 
 
-def _bootstrap_means(values, resamples, seed):
+def _bootstrap_means(values, resamples, bootstrap_seed):
     values = np.asarray(values, dtype="float64").reshape(-1)
     if not len(values):
         raise ValueError("need one value at least")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(bootstrap_seed)
     means = []
     for start in range(0, resamples, CHUNK):
         indices = rng.integers(0, len(values), size=(min(CHUNK, resamples - start), len(values)))
@@ -56,9 +56,9 @@ def _bootstrap_means(values, resamples, seed):
     return np.concatenate(means)
 
 
-def bootstrap_interval(values, confidence=CONFIDENCE, resamples=RESAMPLES, seed=BOOTSTRAP_SEED):
+def bootstrap_interval(values, confidence=CONFIDENCE, resamples=RESAMPLES, bootstrap_seed=BOOTSTRAP_SEED):
     """(low, high): the percentile bootstrap interval of the mean of `values`."""
-    means = _bootstrap_means(values, resamples, seed)
+    means = _bootstrap_means(values, resamples, bootstrap_seed)
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     mean = float(np.mean(values))
@@ -146,7 +146,9 @@ def paired_classifiers(truth, challenger, champion):
     )
 
 
-def paired_bootstrap(truth, challenger, champion, resamples=RESAMPLES, seed=BOOTSTRAP_SEED, confidence=CONFIDENCE):
+def paired_bootstrap(
+    truth, challenger, champion, resamples=RESAMPLES, bootstrap_seed=BOOTSTRAP_SEED, confidence=CONFIDENCE
+):
     """A paired bootstrap of two regressions' squared errors on the same test examples:
     the gain is the champion's MSE minus the challenger's; the p-value, twice the share of
     resampled gains on the far side of zero (at least 1/(resamples + 1))."""
@@ -154,7 +156,7 @@ def paired_bootstrap(truth, challenger, champion, resamples=RESAMPLES, seed=BOOT
     _same_length(truth, challenger, champion)
     differences = (champion - truth) ** 2 - (challenger - truth) ** 2
     gain = float(np.mean(differences))
-    means = _bootstrap_means(differences, resamples, seed)
+    means = _bootstrap_means(differences, resamples, bootstrap_seed)
     tail = (1 - confidence) / 2
     low, high = (float(q) for q in np.quantile(means, [tail, 1 - tail]))
     if not np.any(differences):

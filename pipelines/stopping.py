@@ -40,7 +40,6 @@ from pathlib import Path
 import psutil
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-STOP_CAUSE_TAG = "stop.cause"  # why a run ended KILLED: a signal, or its launcher's exit
 LAUNCHER_POLL_SECONDS = 0.5
 KEEP_STATUS_TIMEOUT_SECONDS = 600  # the keeper gives up on a launcher that outlives this
 SHELLS = ("sh", "bash", "dash", "zsh")

@@ -21,7 +21,7 @@ from filelock import FileLock
 
 from experiments import InputError
 from experiments.task import shown
-from pipelines import liveness, stopping
+from pipelines import liveness, schema, stopping
 
 # Imported on first use: a command that parses, prints help or refuses a parameter needs none of them.
 keras = lazy.load("keras")
@@ -32,11 +32,6 @@ INPUT_EXAMPLE_ROWS = 2
 PYFUNC_CODE_FOLDER = "code"  # where MLflow looks for a logged model's own modules
 SQLITE_BUSY_SECONDS = 20  # as long as MLflow's own sessions wait for a busy SQLite database
 END_RUN_RETRIES = 5  # a run's last writes, tried again while the store is briefly unavailable (0.5 s, 1 s, ...)
-GIT_COMMIT_TAG = "mlflow.source.git.commit"
-DRY_RUN_TAG = "dry_run"
-DESCRIPTION_TAG = "mlflow.note.content"  # MLflow shows it as the run's description, in Markdown
-INTERVAL_TAG = "interval"  # a run's (or a version's) headline metric's 95% interval, as one short rounded text
-RUN_NAME_TAG = "mlflow.runName"
 MAX_RUN_NAME = 120  # names stay readable in the runs table and chart legends
 # How a run's name writes a parameter it sets beyond its entry point's defaults: `churn-seed2`.
 SHORT_PARAM_NAMES = {
@@ -156,7 +151,7 @@ def _schema_head():
 
 
 @contextlib.contextmanager
-def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, run_id=None, experiment_id=None):
+def mlflow_run(run_name, tags, system_metrics_interval, parent_run_id=None, resume_run_id=None, experiment_id=None):
     """Start (or, under `mlflow run`, resume) an MLflow run that never stays RUNNING.
 
     It ends FINISHED, FAILED on an exception, and KILLED on a stop signal (tagged with its
@@ -164,7 +159,7 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
     While it runs, it carries its process's host and id and a heartbeat (`liveness`), and
     MLflow's system metrics every `system_metrics_interval` seconds (0: none). Inside an
     active run, or given `parent_run_id` (a sweep's study run), it starts a nested run;
-    given `run_id`, it resumes that run. `experiment_id` puts a new run in that experiment
+    given `resume_run_id`, it resumes that run. `experiment_id` puts a new run in that experiment
     without making it the process's current one (a run `mlflow run` created stays where it is).
     A top-level run is linked from the run `mlflow run` made, when the work left it (`leave_launch`).
     """
@@ -176,11 +171,11 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
     # `try` below, which ends the run whatever happens, and while the run ends.
     with stopping.held():
         run = mlflow.start_run(
-            run_id=run_id,
+            run_id=resume_run_id,
             run_name=run_name,
             nested=nested,
             parent_run_id=parent_run_id,
-            experiment_id=None if (run_id or os.environ.get("MLFLOW_RUN_ID")) else experiment_id,
+            experiment_id=None if (resume_run_id or os.environ.get("MLFLOW_RUN_ID")) else experiment_id,
             tags=tags,
             log_system_metrics=bool(system_metrics_interval),
         )
@@ -198,7 +193,7 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
         status = "KILLED"
         raise
     except KeyboardInterrupt as stop:
-        status, tags = "KILLED", {stopping.STOP_CAUSE_TAG: str(stop) or "SIGINT"}
+        status, tags = "KILLED", {schema.STOP_CAUSE_TAG: str(stop) or "SIGINT"}
         raise
     finally:
         with stopping.held():
@@ -209,7 +204,7 @@ def mlflow_run(run_name, tags, parent_run_id=None, system_metrics_interval=0, ru
 def end_killed(run_id, tracking_uri, cause):
     """End the run KILLED from the stop watchdog's thread, while the main thread is stuck."""
     client = mlflow.MlflowClient(tracking_uri)
-    client.set_tag(run_id, stopping.STOP_CAUSE_TAG, cause)
+    client.set_tag(run_id, schema.STOP_CAUSE_TAG, cause)
     client.set_terminated(run_id, "KILLED")
 
 
@@ -241,7 +236,7 @@ def code_version():
     """The project's git commit as MLflow's own source tag: MLflow sets it only when the
     main script lives in the repository, which `python -m` and notebooks do not guarantee."""
     commit = mlflow.utils.git_utils.get_git_commit(os.path.dirname(os.path.abspath(__file__)))
-    return {GIT_COMMIT_TAG: commit} if commit else {}
+    return {schema.GIT_COMMIT_TAG: commit} if commit else {}
 
 
 def use_experiment(requested, default_name):
@@ -277,7 +272,6 @@ def use_experiment(requested, default_name):
 # --- the run `mlflow run` made before the command started -----------------------------------
 
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default, where `mlflow run` puts its run when no experiment is named
-LAUNCH_TAG = "launch.run_id"  # on the run `mlflow run` made, when the work went on in another: that run
 _left_launch = {}  # "run_id": the run `mlflow run` made, once the command works elsewhere; "pointed": said so
 
 
@@ -313,7 +307,7 @@ def point_launch_to(run_id, experiment_id):
     experiment = client.get_experiment(experiment_id).name
     link = run_link(experiment_id, run_id, run.info.run_name)
     note = f"This launch's work went on in run {link} ({run_id}), in experiment '{experiment}'."
-    tags = {LAUNCH_TAG: run_id, DESCRIPTION_TAG: note}
+    tags = {schema.LAUNCH_TAG: run_id, schema.DESCRIPTION_TAG: note}
     client.log_batch(launch, tags=[mlflow.entities.RunTag(key, value) for key, value in tags.items()])
 
 
@@ -338,8 +332,10 @@ def mark_pending_run_dry():
     made the run before the command started, and ends it FINISHED itself (it cannot be deleted)."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
-        mlflow.MlflowClient().set_tag(run_id, DRY_RUN_TAG, "true")
-        mlflow.MlflowClient().set_tag(run_id, DESCRIPTION_TAG, "A dry run: it printed the recipe and trained nothing.")
+        mlflow.MlflowClient().set_tag(run_id, schema.DRY_RUN_TAG, "true")
+        mlflow.MlflowClient().set_tag(
+            run_id, schema.DESCRIPTION_TAG, "A dry run: it printed the recipe and trained nothing."
+        )
 
 
 def log_new_params(params):
@@ -495,19 +491,13 @@ def interval_text(interval):
     return "" if interval is None else f"{interval[0]:.4f}-{interval[1]:.4f}"
 
 
-def logged_interval(metrics, metric):
-    """(low, high) of `metric`'s 95% interval among `metrics` (`<metric>_ci_low`, `_ci_high`), or None."""
-    low, high = (metrics.get(f"{metric}_ci_{end}") for end in ("low", "high"))
-    return None if low is None or high is None else (low, high)
-
-
 def headline(metrics, primary_metric, bold=False):
     """'test_accuracy 0.9937 (95% interval 0.9919 to 0.9951)': the test metric runs are ranked by."""
     value = metrics.get(primary_metric)
     if value is None:
         return "no test result"
     result = f"**{primary_metric} {value:.4f}**" if bold else f"{primary_metric} {value:.4f}"
-    interval = logged_interval(metrics, primary_metric)
+    interval = schema.logged_interval(metrics, primary_metric)
     if interval is not None:
         result += f" (95% interval {interval[0]:.4f} to {interval[1]:.4f})"
     return result
@@ -525,7 +515,7 @@ def describe_training(entry_point, metrics, primary_metric, params, epochs, trai
         f"({train_seconds:.1f} s of training; batch {params.get('batch_size')}, learning rate "
         f"{params.get('learning_rate'):g}, seed {params.get('seed')})"
         + (f"; last epoch {validation}" if validation else "")
-        + f". Data digests: {data}. Figures: `figures/` (learning curves"
+        + f". Data digests: {data}. Figures: `{schema.FIGURES_FOLDER}/` (learning curves"
         + (", confusion matrix" if "test_accuracy" in metrics else "")
         + "); the model: `Models` tab."
     )
@@ -555,7 +545,6 @@ def experiment_of_its_own(name, client=None):
 
 # --- the comparison view each task's experiment opens on, and links to what a command made ----
 
-SHARED_VIEW_TAG = "mlflow.sharedViewState."  # the MLflow UI's saved views: an experiment tag per share key
 UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves
 # One user's UI needs neither MLflow's GenAI job runner (some eight processes) nor four
 # workers (benchmarks/commands.md).
@@ -580,9 +569,9 @@ def comparison_view(task, charted=None):
     headline charts, then one chart per other metric in `charted` ({name: "BAR" or "LINE"}),
     as the UI draws them (`charts`)."""
     metric = task.primary_metric
-    columns = [column("metrics", metric), column("tags", INTERVAL_TAG)]
+    columns = [column("metrics", metric), column("tags", schema.INTERVAL_TAG)]
     if len(task.variants) > 1:
-        columns.append(column("tags", "variant"))
+        columns.append(column("tags", schema.VARIANT_TAG))
     cards, sections = charts(task, charted or {})
     return {
         "searchFilter": f"metrics.{metric} >= 0",
@@ -603,7 +592,6 @@ RUN_NAME_COLUMN = column("attributes", "Run Name")
 RUN_NAME_WIDTH, COLUMN_WIDTH = 260, 130
 # The chart view's sections: the UI sorts those it did not name itself first, then its own two.
 HEADLINE_SECTION, MODEL_SECTION, SYSTEM_SECTION = "Headline", "Model metrics", "System metrics"
-SYSTEM_METRIC_PREFIX = "system/"
 BAR, LINE = "BAR", "LINE"  # a value per run; a value per epoch (or, for system metrics, per sample)
 
 
@@ -611,7 +599,7 @@ def headline_metrics(task):
     """{metric: chart type} of the charts a task's chart view opens on: the test metric and the
     training time per run, the validation metric and the loss per epoch."""
     validation = "val_loss" if task.kind == "regression" else "val_accuracy"
-    return {task.primary_metric: BAR, "train_time_s": BAR, validation: LINE, "loss": LINE}
+    return {task.primary_metric: BAR, schema.TRAIN_TIME_METRIC: BAR, validation: LINE, "loss": LINE}
 
 
 def charts(task, charted):
@@ -621,8 +609,8 @@ def charts(task, charted):
     headline = headline_metrics(task)
     others = {name: kind for name, kind in sorted(charted.items()) if name not in headline}
     sections = {HEADLINE_SECTION: headline}
-    sections[MODEL_SECTION] = {n: k for n, k in others.items() if not n.startswith(SYSTEM_METRIC_PREFIX)}
-    sections[SYSTEM_SECTION] = {n: k for n, k in others.items() if n.startswith(SYSTEM_METRIC_PREFIX)}
+    sections[MODEL_SECTION] = {n: k for n, k in others.items() if not n.startswith(schema.SYSTEM_METRIC_PREFIX)}
+    sections[SYSTEM_SECTION] = {n: k for n, k in others.items() if n.startswith(schema.SYSTEM_METRIC_PREFIX)}
     cards, section_states = [], []
     for section, metrics in sections.items():
         if not metrics:
@@ -646,7 +634,7 @@ def _card(metric, kind, section_uuid):
         "displayName": metric.rpartition("/")[2],
     }
     if kind == LINE:
-        system = metric.startswith(SYSTEM_METRIC_PREFIX)  # sampled in time, not per epoch
+        system = metric.startswith(schema.SYSTEM_METRIC_PREFIX)  # sampled in time, not per epoch
         card |= {
             "lineSmoothness": 0,
             "xAxisScaleType": "linear",
@@ -666,7 +654,9 @@ def _card(metric, kind, section_uuid):
 def chart_types(metrics, per_epoch):
     """{metric: chart type} of a run's `metrics`: a line for those logged every epoch
     (`per_epoch`) and for the system metrics, a bar for the rest."""
-    return {name: LINE if name in per_epoch or name.startswith(SYSTEM_METRIC_PREFIX) else BAR for name in metrics}
+    return {
+        name: LINE if name in per_epoch or name.startswith(schema.SYSTEM_METRIC_PREFIX) else BAR for name in metrics
+    }
 
 
 def charted_metrics(state):
@@ -687,7 +677,7 @@ def share_comparison_view(experiment_id, task, client=None, run_metrics=None):
     client = client or mlflow.MlflowClient()
     key = comparison_view_key(task)
     try:
-        current = client.get_experiment(experiment_id).tags.get(SHARED_VIEW_TAG + key)
+        current = client.get_experiment(experiment_id).tags.get(schema.SHARED_VIEW_TAG_PREFIX + key)
         current_state = None
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             current_state = json.loads(current).get("state") if current else None
@@ -697,7 +687,9 @@ def share_comparison_view(experiment_id, task, client=None, run_metrics=None):
             return key
         now = int(time.time() * 1000)
         envelope = {"name": f"Compare {task.name} runs", "createdAt": now, "updatedAt": now, "state": state}
-        client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(envelope, separators=(",", ":")))
+        client.set_experiment_tag(
+            experiment_id, schema.SHARED_VIEW_TAG_PREFIX + key, json.dumps(envelope, separators=(",", ":"))
+        )
     except mlflow.MlflowException as error:
         print(f"warning: the comparison view of {task.name} was not saved: {error.message}", file=sys.stderr)
         return None

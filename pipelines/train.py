@@ -19,11 +19,11 @@ import optuna
 import tensorflow as tf
 
 from experiments import RunFailed
-from pipelines import checkpoints, reporting, resume, stopping, tracking
+from experiments.task import EVALUATION_BATCH_SIZE
+from pipelines import checkpoints, reporting, resume, schema, stopping, tracking
 from pipelines.data import monitored_metric, prepare_data
-from pipelines.params import declared_params, knob_values
+from pipelines.params import SYSTEM_METRICS_INTERVAL, declared_params, knob_values
 
-EVALUATION_BATCH_SIZE = 1024
 # Steps run per call into the compiled train function. Batch-end callbacks (autolog's,
 # TerminateOnNaN) and Python dispatch then cost once per 32 steps instead of every step:
 # small models such as churn gain most; conv nets, bound by their kernels, gain little
@@ -103,10 +103,10 @@ class RunSummary(mlflow.keras.MlflowCallback):
     """
 
     def on_train_begin(self, logs=None):
-        mlflow.log_dict(self.model.optimizer.get_config(), "optimizer_config.json")
+        mlflow.log_dict(self.model.optimizer.get_config(), schema.OPTIMIZER_CONFIG_ARTIFACT)
         lines = []
         self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
-        mlflow.log_text("\n".join(lines), "model_summary.txt")
+        mlflow.log_text("\n".join(lines), schema.MODEL_SUMMARY_ARTIFACT)
 
     def on_epoch_end(self, epoch, logs=None):
         pass
@@ -225,13 +225,13 @@ def evaluate_model(model, task, variant, splits):
 
 
 def log_predictions(task, splits, outputs, test_digest):
-    """The test split's truth and predictions (`evaluation/test_predictions.npz`, with the
+    """The test split's truth and predictions (`schema.PREDICTIONS_ARTIFACT`, with the
     split's digest): what promote's paired gate and compare's pairwise tests read, so that
     two runs are paired example by example without loading either model."""
     with tempfile.TemporaryDirectory(prefix="predictions-") as folder:
-        path = f"{folder}/{reporting.PREDICTIONS_ARTIFACT.rpartition('/')[2]}"
-        reporting.write_predictions(path, task.kind, splits.y_test, outputs, test_digest)
-        mlflow.log_artifact(path, reporting.PREDICTIONS_ARTIFACT.rpartition("/")[0])
+        artifact_folder, _, name = schema.PREDICTIONS_ARTIFACT.rpartition("/")
+        reporting.write_predictions(f"{folder}/{name}", task.kind, splits.y_test, outputs, test_digest)
+        mlflow.log_artifact(f"{folder}/{name}", artifact_folder)
 
 
 def start_line(run, resumption, epochs):
@@ -258,7 +258,7 @@ def train(
     run_name=None,
     parent_run_id=None,
     splits=None,
-    system_metrics_interval=0,
+    system_metrics_interval=None,
     resume_run_id="",
     start_from=None,
 ):
@@ -267,13 +267,16 @@ def train(
     Plain runs and sweep trials both come through here. A sweep trial passes its
     pruning callback, its study's run as `parent_run_id`, and the `splits` its worker
     prepared once (from the same data parameters) for all of its trials. The run logs
-    MLflow's system metrics every `system_metrics_interval` seconds (0: none).
+    MLflow's system metrics every `system_metrics_interval` seconds (0: none; None: as the
+    `train` command does by default).
 
     The run is checkpointed after every epoch (`checkpoints`). `resume_run_id` continues
     that run from its last checkpoint (`resume` says what it refuses); `start_from`, another
     run's checkpoint (`checkpoints.latest`), starts a new run from it, as a sweep's retried trial does.
     """
     name = task.qualified_name(variant)
+    if system_metrics_interval is None:
+        system_metrics_interval = SYSTEM_METRICS_INTERVAL.default
     seed_everything(params["seed"])
     if splits is None:
         splits = prepare_data(task, variant, params)  # bad data fails here, before any run starts
@@ -281,14 +284,15 @@ def train(
     digests = {context: dataset.digest for context, dataset in datasets.items()}
     restored, resumption = start_from, None
     if resume_run_id:  # refused here, before the run changes
-        resumption = resume.plan(resume_run_id, task, variant, params, digests)
+        resumption = resume.resumption_of(resume_run_id, task, variant, params, digests)
         restored = resumption.checkpoint
     mlflow.keras.autolog(disable=True)  # tracking.RunSummary and the checkpoints log what it would
-    run_tags = {"task": task.name, "variant": variant, "entry_point": name, **(tags or {})}
+    run_tags = {schema.TASK_TAG: task.name, schema.VARIANT_TAG: variant, schema.ENTRY_POINT_TAG: name, **(tags or {})}
     if resumption or restored:
-        run_tags |= {resume.FROM_EPOCH_TAG: restored.epoch if restored else 0, resume.EPOCHS_TAG: params["epochs"]}
+        run_tags[schema.RESUMED_FROM_EPOCH_TAG] = restored.epoch if restored else 0
+        run_tags[schema.RESUME_EPOCHS_TAG] = params["epochs"]
     if restored and not resumption:
-        run_tags[resume.RESUMED_TAG] = restored.run_id
+        run_tags[schema.RESUMED_FROM_RUN_TAG] = restored.run_id
     if run_name is None and not resume_run_id:  # a resumed run keeps its name
         defaults = {param: declared.default for param, declared in declared_params(task, variant).items()}
         run_name = tracking.run_name(tracking.name_in_experiment(task, variant), params, defaults)
@@ -298,7 +302,7 @@ def train(
         tags=run_tags,
         parent_run_id=parent_run_id,
         system_metrics_interval=system_metrics_interval,
-        run_id=resume_run_id or None,
+        resume_run_id=resume_run_id or None,
     ) as run:
         if on_its_own:
             print(start_line(run, resumption, params["epochs"]), flush=True)
@@ -307,10 +311,10 @@ def train(
         # (A resumed run keeps its first epochs' params; resume.epochs holds the new count.)
         tracking.retrying(lambda: tracking.log_new_params(params))
         tracking.retrying(lambda: tracking.log_datasets(datasets))
-        tracking.retrying(lambda: mlflow.set_tag("dataset_digest", digests["train"]))
+        tracking.retrying(lambda: mlflow.set_tag(schema.DATASET_DIGEST_TAG, digests["train"]))
         with stopping.deferred():  # building calls into TensorFlow, which calls back into Python
             model = build_model(task, variant, params, splits)
-        mlflow.log_param("num_params", model.count_params())
+        mlflow.log_param(schema.NUM_PARAMS_PARAM, model.count_params())
         early_stopping = None
         if params["patience"]:
             monitor, direction = monitored_metric(task, splits)
@@ -339,7 +343,11 @@ def train(
         history = checkpoint.history
         check_finite(history, params)
         if early_stopping:
-            mlflow.log_metrics({"best_epoch": early_stopping.best_epoch + 1, "stopped_epoch": len(history["loss"])})
+            epochs_run = {
+                schema.BEST_EPOCH_METRIC: early_stopping.best_epoch + 1,
+                schema.STOPPED_EPOCH_METRIC: len(history["loss"]),
+            }
+            mlflow.log_metrics(epochs_run)
         with stopping.deferred():
             model = served_model(task, variant, model)
             metrics, matrix, outputs = evaluate_model(model, task, variant, splits)
@@ -352,25 +360,24 @@ def train(
         if resumption:
             resume.discard_earlier_models(resumption, model_info.model_id)
         # Milliseconds: the runs table shows the digits it is given.
-        mlflow.log_metrics({**metrics, "train_time_s": round(train_seconds, 3)}, model_id=model_info.model_id)
+        mlflow.log_metrics({**metrics, schema.TRAIN_TIME_METRIC: round(train_seconds, 3)}, model_id=model_info.model_id)
         description = tracking.describe_training(
             name, metrics, task.primary_metric, params, epochs, train_seconds, digests, history
         )
-        mlflow.set_tag(tracking.DESCRIPTION_TAG, description)
-        interval = tracking.logged_interval(metrics, task.primary_metric)
+        mlflow.set_tag(schema.DESCRIPTION_TAG, description)
+        interval = schema.logged_interval(metrics, task.primary_metric)
         if interval:  # the runs table's column of it, beside the metric
-            mlflow.set_tag(tracking.INTERVAL_TAG, tracking.interval_text(interval))
+            mlflow.set_tag(schema.INTERVAL_TAG, tracking.interval_text(interval))
         logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics  # system metrics among them
-        charts = tracking.chart_types(logged, per_epoch={*history, checkpoints.EPOCH_SECONDS})
+        charts = tracking.chart_types(logged, per_epoch={*history, schema.EPOCH_TIME_METRIC})
         view = tracking.share_comparison_view(run.info.experiment_id, task, run_metrics=charts)
-        tracking.log_figure(reporting.learning_curves(history), "figures/learning_curves.png")
+        tracking.log_figure(reporting.learning_curves(history), schema.LEARNING_CURVES_ARTIFACT)
         log_predictions(task, splits, outputs, digests["test"])
         if matrix is not None:
-            tracking.log_figure(reporting.confusion_figure(matrix, splits.class_names), "figures/confusion_matrix.png")
-            mlflow.log_dict(
-                {"labels": list(splits.class_names), "matrix": matrix.tolist()},
-                "evaluation/confusion_matrix.json",
-            )
+            figure = reporting.confusion_figure(matrix, splits.class_names)
+            tracking.log_figure(figure, schema.CONFUSION_FIGURE_ARTIFACT)
+            confusion = {"labels": list(splits.class_names), "matrix": matrix.tolist()}
+            mlflow.log_dict(confusion, schema.CONFUSION_MATRIX_ARTIFACT)
     if on_its_own:  # a sweep or repeats print their own, once
         experiment_id = run.info.experiment_id
         tracking.print_links(

@@ -15,7 +15,7 @@ from pathlib import Path
 import lazy_loader as lazy
 
 from experiments import RunFailed
-from pipelines import registry, tracking
+from pipelines import registry, schema, tracking
 from pipelines.sweeps import settings as sweep_settings
 
 mlflow = lazy.load("mlflow")  # imported on first use: --help and a refused setting need none of it
@@ -49,7 +49,7 @@ def run_workflow(task, variant, settings, training_overrides, params=None):
     entry_point = task.qualified_name(variant)
     if params is None:
         params = parse_params(task, variant, training_overrides)
-    plan.plan(task, variant, settings, params, fixed_by_user=set(training_overrides))
+    plan.checked_space(task, variant, settings, params, fixed_by_user=set(training_overrides))
     prepare_data(task, variant, params)  # a missing or corrupt data file: one line now, not a failed step
     # A password reaches the sweep step in its environment (PGPASSWORD), never as a -P value:
     # MLflow logs every -P value as a param of the step's run and prints its command line.
@@ -101,8 +101,14 @@ def _run_steps(task, variant, experiment_id, entry_point, steps):
     run_ids = {}
     # The promote and compare steps' runs go where those commands put theirs: not among the trainings.
     own_experiments = {"promote": registry.PROMOTE_EXPERIMENT, "compare": COMPARE_EXPERIMENT}
-    tags = {"task": task.name, "variant": variant, "model": entry_point, "step": "workflow"}
-    with tracking.mlflow_run(run_name=f"workflow-{entry_point}", tags=tags):
+    tags = {
+        schema.TASK_TAG: task.name,
+        schema.VARIANT_TAG: variant,
+        schema.MODEL_TAG: entry_point,
+        schema.STEP_TAG: schema.WORKFLOW_STEP,
+    }
+    # The workflow's run waits on its steps, whose runs sample their own system metrics.
+    with tracking.mlflow_run(f"workflow-{entry_point}", tags, system_metrics_interval=0):
         for step, parameters in steps:
             shown = {name: storage.describe(v) if name == "storage" and v else v for name, v in parameters.items()}
             print(
@@ -114,9 +120,9 @@ def _run_steps(task, variant, experiment_id, entry_point, steps):
             wait_for_step(step, submitted, client)
             if run_ids:
                 previous_step = list(run_ids)[-1]
-                client.set_tag(submitted.run_id, f"workflow.{previous_step}_run_id", run_ids[previous_step])
+                client.set_tag(submitted.run_id, schema.workflow_step_tag(previous_step), run_ids[previous_step])
             run_ids[step] = submitted.run_id
-            mlflow.set_tag(f"workflow.{step}_run_id", submitted.run_id)
+            mlflow.set_tag(schema.workflow_step_tag(step), submitted.run_id)
     print(f"workflow {entry_point} finished: " + ", ".join(f"{step} run {run_id}" for step, run_id in run_ids.items()))
     for line in registry.serving_commands(f"models:/{entry_point}@{registry.CHAMPION}"):
         print(line)

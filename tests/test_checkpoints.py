@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from experiments import resolve
-from pipelines import checkpoints, liveness, resume, tracking
+from pipelines import checkpoints, liveness, resume, schema, tracking
 from pipelines.cli import main
 from pipelines.data import prepare_data
 from pipelines.params import declared_params, parse_params
@@ -33,7 +33,7 @@ KILL_RECIPE = {"epochs": 4, "batch_size": 16, "filters": 8, "units": 16}
 
 
 def checkpoint_folders(client, run_id):
-    return sorted(item.path for item in client.list_artifacts(run_id, checkpoints.ARTIFACT_DIR))
+    return sorted(item.path for item in client.list_artifacts(run_id, schema.CHECKPOINTS_FOLDER))
 
 
 def steps(client, run_id, metric):
@@ -326,7 +326,7 @@ def test_a_second_resume_of_a_run_being_resumed_is_refused(store, tiny, capsys):
     store.set_terminated(run_id, "KILLED")
     task, variant, params = tiny.params("churn", epochs=3)
     digests = {c: d.digest for c, d in tracking.split_datasets(prepare_data(task, variant, params), "churn").items()}
-    first = resume.plan(run_id, task, variant, params, digests)
+    first = resume.resumption_of(run_id, task, variant, params, digests)
     assert first.checkpoint.epoch == 2 and store.get_run(run_id).data.params["resume.claim.1"].split()[1] == str(
         os.getpid()
     )

@@ -22,7 +22,7 @@ import uuid
 import mlflow
 import pytest
 
-from pipelines import checkpoints
+from pipelines import checkpoints, schema
 from tests.faults import FAULTS
 from tests.helpers import PROJECT, free_port, options, wait_until_serving
 
@@ -30,7 +30,7 @@ from tests.helpers import PROJECT, free_port, options, wait_until_serving
 CRASH_RECIPE = {"epochs": 3, "batch_size": 16, "units": 6, "dropout": 0.2, "system_metrics_interval": 0}
 # Early stopping that never stops 6 epochs but keeps the best one, epoch 4 on the tiny churn data.
 VARIANTS = {"plain": CRASH_RECIPE, "early_stopping": {**CRASH_RECIPE, "epochs": 6, "patience": 10}}
-PER_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", checkpoints.EPOCH_SECONDS)
+PER_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", schema.EPOCH_TIME_METRIC)
 TEST_METRICS = ("test_loss", "test_accuracy", "test_roc_auc")
 SHARDS = 4  # the full sweep's cases of one store, variant and fault, in this many tests for xdist
 OUTCOMES = PROJECT / "benchmarks" / "out" / "crash_consistency"
@@ -208,7 +208,7 @@ def invariant_problems(case, run, reference, variant):
     models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     if [model.status.name for model in models] != ["READY"]:
         problems.append(f"logged models {[model.status.name for model in models]}")
-    folders = [item.path for item in client.list_artifacts(run_id, checkpoints.ARTIFACT_DIR)]
+    folders = [item.path for item in client.list_artifacts(run_id, schema.CHECKPOINTS_FOLDER)]
     expected = [checkpoints.folder(epochs)]
     if variant == "early_stopping":
         expected.insert(0, checkpoints.folder(int(reference.data.metrics["best_epoch"])))

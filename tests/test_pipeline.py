@@ -18,7 +18,8 @@ from experiments.linear import load_line
 from experiments.mnist import average_over_shifts, conv_net, load_mnist
 from experiments.views import mirror, shift
 from pipelines.data import prepare_data
-from pipelines.reporting import PREDICTIONS_ARTIFACT, read_predictions
+from pipelines.reporting import read_predictions
+from pipelines.schema import PREDICTIONS_ARTIFACT
 from pipelines.significance import metric_of
 from pipelines.tracking import log_inputs_racing, split_datasets
 from pipelines.train import (

@@ -16,7 +16,7 @@ import requests
 from PIL import Image
 
 from experiments.mnist import load_mnist
-from pipelines.cli import main
+from pipelines.cli import main, parse_command_line
 from pipelines.registry import PROMOTE_EXPERIMENT, SERVING_ADDRESS, promotion_lock, run_promotion
 from pipelines.tracking import INPUT_EXAMPLE_ROWS
 from tests.conftest import TinyRecipe, open_store, restore_store, write_mnist_npz
@@ -163,9 +163,8 @@ def test_a_champion_tested_on_other_data_is_evaluated_again_on_the_challengers(s
 def test_a_second_promotion_waits_for_the_first_and_gates_against_its_version(store, good_and_bad):
     good, bad = good_and_bad
     decided = {}
-    second = threading.Thread(
-        target=lambda: decided.update(second=run_promotion(MODEL, run_id=good.info.run_id)[0]), daemon=True
-    )
+    settings = parse_command_line(["promote", "--task", MODEL, "--run_id", good.info.run_id]).settings
+    second = threading.Thread(target=lambda: decided.update(second=run_promotion(**settings)[0]), daemon=True)
     with promotion_lock(MODEL):  # the first promotion holds the lock...
         second.start()
         second.join(timeout=LOCK_WAIT_S)
@@ -388,7 +387,7 @@ def scored_run(store, predicted, truth, entry_point=MODEL, test_inputs=None, par
     interval, the predictions artifact, the test split as a dataset input, and a READY logged
     model (without files: a model the gate never has to load)."""
     from experiments import resolve
-    from pipelines import reporting, significance
+    from pipelines import schema, significance
 
     task, variant = resolve(entry_point)
     truth, predicted = np.asarray(truth), np.asarray(predicted)
@@ -407,7 +406,7 @@ def scored_run(store, predicted, truth, entry_point=MODEL, test_inputs=None, par
             path, truth=truth, predicted=predicted, kind=np.array(task.kind), test_digest=np.array(dataset.digest)
         )
         mlflow.log_artifact(str(path), "evaluation")
-        assert reporting.PREDICTIONS_ARTIFACT == "evaluation/test_predictions.npz"
+        assert schema.PREDICTIONS_ARTIFACT == "evaluation/test_predictions.npz"
         model = mlflow.initialize_logged_model(name="model", source_run_id=run.info.run_id)
         mlflow.finalize_logged_model(model.model_id, "READY")
     return store.get_run(run.info.run_id)

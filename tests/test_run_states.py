@@ -12,7 +12,7 @@ import mlflow
 import psutil
 import pytest
 
-from pipelines import liveness, stopping
+from pipelines import liveness, schema, stopping
 from pipelines.cli import main
 from tests.helpers import mlflow_run_command, no_traceback, runs, start
 
@@ -44,7 +44,7 @@ def status_within(store, run_id, status, timeout):
 
 
 def training_process(run):
-    return psutil.Process(int(run.data.tags[liveness.PID_TAG]))
+    return psutil.Process(int(run.data.tags[schema.PID_TAG]))
 
 
 def stop_and_wait(process, signum, to_group, timeout=60):
@@ -158,7 +158,7 @@ threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
 stopping.handle_stop_signals()
 sys.setprofile(stop_once_the_run_exists)
 try:
-    with tracking.mlflow_run("stopped-as-it-starts", tags={}):
+    with tracking.mlflow_run("stopped-as-it-starts", tags={}, system_metrics_interval=0):
         print("the run's body ran")
 except stopping.Stopped as stop:
     print("stopped", stop)
@@ -291,19 +291,19 @@ def test_the_heartbeat_tags_each_open_run_until_it_is_removed(store):
     run_id = store.create_run(os.environ["MLFLOW_EXPERIMENT_ID"]).info.run_id
     heartbeat = liveness.Heartbeat(seconds=0.1)
     heartbeat.add(run_id, mlflow.get_tracking_uri())
-    assert liveness.HEARTBEAT_TAG in _tags_within(store, run_id, 10)
-    beat = datetime.datetime.fromisoformat(store.get_run(run_id).data.tags[liveness.HEARTBEAT_TAG])
+    assert schema.HEARTBEAT_TAG in _tags_within(store, run_id, 10)
+    beat = datetime.datetime.fromisoformat(store.get_run(run_id).data.tags[schema.HEARTBEAT_TAG])
     assert abs((liveness.now() - beat).total_seconds()) < 5
     heartbeat.remove(run_id)
     time.sleep(0.3)  # a beat under way ends
-    store.set_tag(run_id, liveness.HEARTBEAT_TAG, "removed")
+    store.set_tag(run_id, schema.HEARTBEAT_TAG, "removed")
     time.sleep(0.5)
-    assert store.get_run(run_id).data.tags[liveness.HEARTBEAT_TAG] == "removed"
+    assert store.get_run(run_id).data.tags[schema.HEARTBEAT_TAG] == "removed"
 
 
 def _tags_within(store, run_id, timeout):
     deadline = time.monotonic() + timeout
-    while liveness.HEARTBEAT_TAG not in store.get_run(run_id).data.tags and time.monotonic() < deadline:
+    while schema.HEARTBEAT_TAG not in store.get_run(run_id).data.tags and time.monotonic() < deadline:
         time.sleep(0.05)
     return store.get_run(run_id).data.tags
 
@@ -311,14 +311,14 @@ def _tags_within(store, run_id, timeout):
 def test_reap_ends_silent_runs_of_this_project_and_leaves_the_rest(store, capsys):
     experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
     now = liveness.now()
-    elsewhere = {liveness.HOST_TAG: "another-host", liveness.PID_TAG: "1", liveness.STARTED_TAG: "0"}
+    elsewhere = {schema.HOST_TAG: "another-host", schema.PID_TAG: "1", schema.STARTED_TAG: "0"}
     hour_ago = int((now - datetime.timedelta(hours=1)).timestamp() * 1000)
 
     def run(tags, start_time=None):
         return store.create_run(experiment_id, start_time=start_time, tags=tags).info.run_id
 
-    silent = run({**elsewhere, liveness.HEARTBEAT_TAG: liveness.timestamp(now - datetime.timedelta(minutes=61))})
-    beating = run({**elsewhere, liveness.HEARTBEAT_TAG: liveness.timestamp(now - datetime.timedelta(seconds=20))})
+    silent = run({**elsewhere, schema.HEARTBEAT_TAG: liveness.timestamp(now - datetime.timedelta(minutes=61))})
+    beating = run({**elsewhere, schema.HEARTBEAT_TAG: liveness.timestamp(now - datetime.timedelta(seconds=20))})
     here_and_alive = run(liveness.process_tags())  # this very process
     never_reported = run({"mlflow.project.entryPoint": "xor"}, start_time=hour_ago)  # `mlflow run` made it
     just_launched = run({"mlflow.project.entryPoint": "xor"})
@@ -335,7 +335,7 @@ def test_reap_ends_silent_runs_of_this_project_and_leaves_the_rest(store, capsys
     status = {r.info.run_id: r.info.status for r in runs(store)}
     assert {run_id for run_id, value in status.items() if value == "FAILED"} == {silent, never_reported}
     assert {status[run_id] for run_id in (beating, here_and_alive, just_launched, not_ours)} == {"RUNNING"}
-    assert store.get_run(silent).data.tags[liveness.REASON_TAG].startswith("no heartbeat for 61 min")
+    assert store.get_run(silent).data.tags[schema.REAP_REASON_TAG].startswith("no heartbeat for 61 min")
     capsys.readouterr()
     assert main(["reap", "--stale_after", "3600"]) == 0
     assert capsys.readouterr().out.startswith("no stale runs")
@@ -368,8 +368,8 @@ def test_a_sigkilled_training_stays_running_until_reap_fails_it(store, capsys):
     assert f"reaped, now FAILED: run {run.info.run_id} " in capsys.readouterr().out
     reaped = store.get_run(run.info.run_id)
     assert reaped.info.status == "FAILED"
-    host = run.data.tags[liveness.HOST_TAG]
-    assert reaped.data.tags[liveness.REASON_TAG] == f"its process {process.pid} on {host} is gone"
+    host = run.data.tags[schema.HOST_TAG]
+    assert reaped.data.tags[schema.REAP_REASON_TAG] == f"its process {process.pid} on {host} is gone"
     assert store.get_metric_history(run.info.run_id, "loss")  # what it logged is kept
 
 

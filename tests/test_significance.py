@@ -42,7 +42,7 @@ def test_the_wilson_interval_refuses_impossible_counts(successes, n):
 
 @given(st.lists(st.floats(0, 100), min_size=1, max_size=60), st.integers(0, 3))
 def test_the_bootstrap_interval_holds_the_mean(values, seed):
-    low, high = significance.bootstrap_interval(values, resamples=200, seed=seed)
+    low, high = significance.bootstrap_interval(values, resamples=200, bootstrap_seed=seed)
     assert low <= np.mean(values) + 1e-9 and np.mean(values) - 1e-9 <= high
 
 

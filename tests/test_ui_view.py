@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from experiments import TASKS, resolve
-from pipelines import tracking
+from pipelines import schema, tracking
 from pipelines.cli import main
 from pipelines.registry import promotion_lock
 from pipelines.sweeps.storage import open_storage
@@ -63,7 +63,7 @@ def test_a_run_at_its_entry_points_defaults_is_named_after_it():
 def test_a_training_run_describes_its_result_epochs_time_and_data(two_seeds):
     store, results = two_seeds
     run = store.get_run(results[0].run_id)
-    description = run.data.tags[tracking.DESCRIPTION_TAG]
+    description = run.data.tags[schema.DESCRIPTION_TAG]
     assert f"**test_mse {run.data.metrics['test_mse']:.4f}**" in description
     assert "after 3 epochs" in description and "s of training" in description
     assert run.data.tags["dataset_digest"] in description  # the training split's digest
@@ -103,7 +103,7 @@ def test_promote_runs_live_in_an_experiment_of_their_own(store, tiny, tmp_path):
     (promotion,) = store.search_runs([experiment.experiment_id])
     assert promotion.data.tags["step"] == "promote" and promotion.info.status == "FINISHED"
     assert mlflow.get_experiment(mlflow.tracking.fluent._get_experiment_id()).name == "tests"  # still current
-    description = promotion.data.tags[tracking.DESCRIPTION_TAG]
+    description = promotion.data.tags[schema.DESCRIPTION_TAG]
     assert "champion" in description and "no champion yet" in description
     assert f"(#/experiments/{store.get_run(result.run_id).info.experiment_id}/runs/{result.run_id})" in description
     assert "(#/models/xor/versions/1)" in description
@@ -133,7 +133,7 @@ def test_a_sweep_names_its_trials_and_its_parent_describes_and_links_the_best(st
     metrics = parent.data.metrics
     assert metrics["best_trial_val_accuracy"] == metrics["best_value"] == best.value
     assert metrics["best_trial_test_accuracy"] == best.user_attrs["test_accuracy"]
-    description = parent.data.tags[tracking.DESCRIPTION_TAG]
+    description = parent.data.tags[schema.DESCRIPTION_TAG]
     assert f"(#/experiments/{parent.info.experiment_id}/runs/{best_run_id})" in description
     assert "3 of 3 trials finished" in description and f"val_accuracy {best.value:.4f}" in description
 
@@ -146,7 +146,7 @@ def test_a_sweep_names_its_trials_and_its_parent_describes_and_links_the_best(st
     pruned = by_number[1]
     assert pruned.data.tags["optuna.trial_state"] == "PRUNED"
     epoch = int(pruned.data.tags["pruned_at_epoch"])
-    assert f"pruned after epoch {epoch} of 4 (Optuna's step {epoch - 1})" in pruned.data.tags[tracking.DESCRIPTION_TAG]
+    assert f"pruned after epoch {epoch} of 4 (Optuna's step {epoch - 1})" in pruned.data.tags[schema.DESCRIPTION_TAG]
 
     # trials.csv holds every trial's run id, the pruned one's too.
     table = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/trials.csv")))

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from experiments import InputError
-from pipelines import stopping, tracking
+from pipelines import schema, stopping, tracking
 from pipelines.data import monitored_metric, prepare_data
 from pipelines.sweeps import search_space, storage, study_run
 from pipelines.sweeps.settings import WORKER_SPEC_ENV, SweepSpec
@@ -23,7 +23,7 @@ POLL_SECONDS = 1.0
 
 
 def run_sweep(task, variant, settings, space, params):
-    """Run (or resume) a sweep of `space` (its fixed `params` beside it: `plan.plan`) to
+    """Run (or resume) a sweep of `space` (its fixed `params` beside it: `plan.checked_space`) to
     n_trials finished trials; return the process exit code."""
     entry_point = task.qualified_name(variant)
     splits = prepare_data(task, variant, params)  # bad data fails here, before a study or run exists
@@ -50,8 +50,8 @@ def run_sweep(task, variant, settings, space, params):
             study = _create_or_resume(study_storage, study_name, direction, entry_point)
             with stopping.held():  # once the run exists, the `finally` below must know it to end it
                 parent_run_id = study_run.open_study_run(client, study, experiment_id, task, variant)
-            session = study.user_attrs.get("sessions", 0)
-            study.set_user_attr("sessions", session + 1)
+            session = study.user_attrs.get(schema.STUDY_SESSIONS_ATTR, 0)
+            study.set_user_attr(schema.STUDY_SESSIONS_ATTR, session + 1)
         stopping.raise_if_stopped()
         study_run.log_settings(client, parent_run_id, settings, study_name, f"{direction} {metric}", space, params)
         finished, _ = storage.trial_counts(study)
@@ -99,7 +99,7 @@ def run_sweep(task, variant, settings, space, params):
     except KeyboardInterrupt as stop:
         status = "KILLED"
         if parent_run_id is not None:
-            client.set_tag(parent_run_id, stopping.STOP_CAUSE_TAG, str(stop) or "SIGINT")
+            client.set_tag(parent_run_id, schema.STOP_CAUSE_TAG, str(stop) or "SIGINT")
         raise
     finally:
         if parent_run_id is not None:
@@ -119,8 +119,8 @@ def run_sweep(task, variant, settings, space, params):
 
 def _create_or_resume(study_storage, study_name, direction, entry_point):
     study = optuna.create_study(study_name=study_name, storage=study_storage, direction=direction, load_if_exists=True)
-    if study.user_attrs.get("entry_point") is None:
-        study.set_user_attr("entry_point", entry_point)
+    if study.user_attrs.get(schema.STUDY_ENTRY_POINT_ATTR) is None:
+        study.set_user_attr(schema.STUDY_ENTRY_POINT_ATTR, entry_point)
     _check_study(study, direction, entry_point)
     return study
 
@@ -135,7 +135,7 @@ def _check_existing_study(url, study_name, direction, entry_point):
 
 
 def _check_study(study, direction, entry_point):
-    owner = study.user_attrs.get("entry_point")
+    owner = study.user_attrs.get(schema.STUDY_ENTRY_POINT_ATTR)
     if owner not in (None, entry_point):
         raise InputError(
             f"study_name: study '{study.study_name}' sweeps {owner}, not {entry_point}; choose another name"
@@ -202,8 +202,8 @@ def _print_links(client, experiment_id, parent_run_id, study, task):
     """Where to look at what the sweep made: its study run, the best trial's run, the comparison view."""
     links = {"the sweep": tracking.run_url(experiment_id, parent_run_id)}
     best = study_run.best_trial(study)
-    if best is not None and best.user_attrs.get("mlflow_run_id"):
-        links["its best trial"] = tracking.run_url(experiment_id, best.user_attrs["mlflow_run_id"])
+    if best is not None and best.user_attrs.get(schema.TRIAL_RUN_ATTR):
+        links["its best trial"] = tracking.run_url(experiment_id, best.user_attrs[schema.TRIAL_RUN_ATTR])
     view = tracking.share_comparison_view(experiment_id, task, client)  # a refusal is a warning, not an error
     links["compare the runs"] = tracking.experiment_url(experiment_id, view)
     tracking.print_links(links)
@@ -221,7 +221,7 @@ def _print_summary(study, study_name, n_trials, entry_point, task, metric):
     if best is None:
         return
     print(f"best trial {best.number}: {study_run.describe_trial(best, metric)}")
-    run_id = best.user_attrs.get("mlflow_run_id")
+    run_id = best.user_attrs.get(schema.TRIAL_RUN_ATTR)
     print(
         f"its MLflow run: {run_id}; {task.primary_metric} {best.user_attrs.get(task.primary_metric, float('nan')):.4f}"
     )

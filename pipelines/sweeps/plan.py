@@ -6,7 +6,7 @@ import yaml
 from pipelines.sweeps import search_space, storage
 
 
-def plan(task, variant, settings, params, fixed_by_user):
+def checked_space(task, variant, settings, params, fixed_by_user):
     """(space, params): what the sweep tunes and every trial's fixed parameters, once its
     search space and storage are checked; a bad one raises InputError."""
     overrides = search_space.read_overrides(settings["search_space"]) if settings["search_space"] else None

@@ -31,6 +31,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from experiments import InputError
+from pipelines import schema
 
 DEFAULT_JOURNAL = Path("mlruns") / "optuna.journal"
 RDB_SCHEMES = ("sqlite", "postgresql")
@@ -326,7 +327,7 @@ def fail_stale_trials(study, url, on_stale_trial):
             optuna.storages.fail_stale_trials(study)
         return
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+        host, _, pid = trial.user_attrs.get(schema.TRIAL_WORKER_ATTR, "").rpartition(":")
         if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
             on_stale_trial(study, study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True))
 
@@ -345,7 +346,7 @@ def _alive(pid):
 
 
 @contextlib.contextmanager
-def study_lock(url, purpose, study_name=""):
+def study_lock(url, purpose, study_name=None):
     """Held by one process at a time across every worker of the storage, on many machines too.
 
     `study_lock(url, "slots", study)` covers "count the trials, then create one", so that together
@@ -369,7 +370,7 @@ def study_lock(url, purpose, study_name=""):
             lock.release()
         return
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    digest = hashlib.sha256(f"keras-mlflow-sweep:{purpose}:{study_name}".encode()).digest()
+    digest = hashlib.sha256(f"keras-mlflow-sweep:{purpose}:{study_name or ''}".encode()).digest()
     key = {"key": int.from_bytes(digest[:8], "big", signed=True)}
     with _advisory_lock(engine, url, key) as connection:  # closing the connection also releases the lock
         try:

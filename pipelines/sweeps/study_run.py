@@ -13,7 +13,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from experiments import resolve
-from pipelines import liveness, stopping, tracking
+from pipelines import liveness, schema, stopping, tracking
 from pipelines.sweeps import search_space, storage
 
 MAX_RETRIES = 2  # a trial whose worker died is run again at most this often
@@ -30,26 +30,26 @@ def open_study_run(client, study, experiment_id, task, variant):
     """The study's run: the one `mlflow run` created, else the study's earlier run (resumed),
     else a new one. Trials of this session nest under it; this process beats its heartbeat."""
     run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s, in the study's experiment; no trial resumes it
-    previous = study.user_attrs.get("mlflow_run_id")
+    previous = study.user_attrs.get(schema.STUDY_RUN_ATTR)
     if run_id is None and previous and _resumable(client, previous, experiment_id):
         client.update_run(previous, status="RUNNING")
         run_id = previous
     tags = {
-        "task": task.name,
-        "variant": variant,
-        "entry_point": task.qualified_name(variant),
-        "optuna.study_name": study.study_name,
-        "sweep": "study",
+        schema.TASK_TAG: task.name,
+        schema.VARIANT_TAG: variant,
+        schema.ENTRY_POINT_TAG: task.qualified_name(variant),
+        schema.STUDY_TAG: study.study_name,
+        schema.SWEEP_ROLE_TAG: schema.STUDY_ROLE,
         **liveness.process_tags(),
     }
     if run_id is None:
         run_id = client.create_run(experiment_id, run_name=f"sweep-{study.study_name}", tags=tags).info.run_id
     else:
-        for key, value in {**tags, "mlflow.runName": f"sweep-{study.study_name}"}.items():
+        for key, value in {**tags, schema.RUN_NAME_TAG: f"sweep-{study.study_name}"}.items():
             client.set_tag(run_id, key, value)
     if previous and previous != run_id:
-        client.set_tag(run_id, "sweep.previous_run_id", previous)
-    study.set_user_attr("mlflow_run_id", run_id)
+        client.set_tag(run_id, schema.PREVIOUS_STUDY_RUN_TAG, previous)
+    study.set_user_attr(schema.STUDY_RUN_ATTR, run_id)
     liveness.HEARTBEAT.add(run_id, mlflow.get_tracking_uri())
     stopping.run_started()
     tracking.point_launch_to(run_id, experiment_id)
@@ -70,12 +70,16 @@ def log_settings(client, run_id, settings, study_name, objective, space, params)
         **{name: settings[name] for name in ("n_trials", "sampler", "pruner", "workers", "timeout")},
         "study_name": study_name,
         "storage": storage.describe(settings["storage"]),
-        "objective": objective,
-        **{f"fixed.{name}": value for name, value in params.items() if name not in space and name != "data"},
+        schema.OBJECTIVE_PARAM: objective,
+        **{
+            schema.FIXED_PARAM_PREFIX + name: value
+            for name, value in params.items()
+            if name not in space and name != "data"
+        },
     }
     logged = client.get_run(run_id).data.params
     client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in values.items() if k not in logged])
-    client.log_dict(run_id, search_space.describe(space), "sweep/search_space.json")
+    client.log_dict(run_id, search_space.describe(space), schema.SEARCH_SPACE_ARTIFACT)
 
 
 def best_trial(study):
@@ -93,28 +97,31 @@ def report_progress(client, run_id, study):
     finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
     now = int(time.time() * 1000)
     counts = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
-    metrics = [mlflow.entities.Metric(f"trials_{name}", states[state], now, finished) for name, state in counts.items()]
+    metrics = [
+        mlflow.entities.Metric(schema.TRIAL_COUNT_METRIC_PREFIX + name, states[state], now, finished)
+        for name, state in counts.items()
+    ]
     parent = client.get_run(run_id)
-    objective = parent.data.params.get("objective", "").split()[-1:] or ["value"]  # "maximize val_accuracy"
-    entry_point = study.user_attrs.get("entry_point")
+    objective = objective_of(parent)
+    entry_point = study.user_attrs.get(schema.STUDY_ENTRY_POINT_ATTR)
     test_metric = resolve(entry_point)[0].primary_metric if entry_point else ""
     best = best_trial(study)
     tags = []
     if best is not None:
-        metrics.append(mlflow.entities.Metric("best_value", best.value, now, finished))
-        metrics.append(mlflow.entities.Metric(f"best_trial_{objective[0]}", best.value, now, finished))
+        metrics.append(mlflow.entities.Metric(schema.BEST_VALUE_METRIC, best.value, now, finished))
+        metrics.append(mlflow.entities.Metric(schema.BEST_TRIAL_METRIC_PREFIX + objective, best.value, now, finished))
         if test_metric in best.user_attrs:
             value = best.user_attrs[test_metric]
-            metrics.append(mlflow.entities.Metric(f"best_trial_{test_metric}", value, now, finished))
+            metrics.append(mlflow.entities.Metric(schema.BEST_TRIAL_METRIC_PREFIX + test_metric, value, now, finished))
         best_tags = {
-            "best.trial_number": best.number,
-            "best.run_id": best.user_attrs.get("mlflow_run_id", ""),
-            "best.model_id": best.user_attrs.get("model_id", ""),
-            "best.params": json.dumps(best.params),
+            schema.BEST_TRIAL_TAGS["trial_number"]: best.number,
+            schema.BEST_TRIAL_TAGS["run_id"]: best.user_attrs.get(schema.TRIAL_RUN_ATTR, ""),
+            schema.BEST_TRIAL_TAGS["model_id"]: best.user_attrs.get(schema.TRIAL_MODEL_ATTR, ""),
+            schema.BEST_TRIAL_TAGS["params"]: json.dumps(best.params),
         }
         tags = [mlflow.entities.RunTag(key, str(value)) for key, value in best_tags.items()]
-    description = describe_study(study, states, parent, objective[0], test_metric, best)
-    tags.append(mlflow.entities.RunTag(tracking.DESCRIPTION_TAG, description))
+    description = describe_study(study, states, parent, objective, test_metric, best)
+    tags.append(mlflow.entities.RunTag(schema.DESCRIPTION_TAG, description))
     client.log_batch(run_id, metrics=metrics, tags=tags)
 
 
@@ -126,10 +133,12 @@ def describe_study(study, states, parent, objective, test_metric, best):
         f"{finished} of {planned} trials finished ({states[TrialState.COMPLETE]} complete, "
         f"{states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]} failed)"
     )
-    text = f"Optuna study **{study.study_name}** of {study.user_attrs.get('entry_point', '?')}: {counts}."
+    text = (
+        f"Optuna study **{study.study_name}** of {study.user_attrs.get(schema.STUDY_ENTRY_POINT_ATTR, '?')}: {counts}."
+    )
     if best is None:
         return text + " No trial has completed yet."
-    run_id = best.user_attrs.get("mlflow_run_id", "")
+    run_id = best.user_attrs.get(schema.TRIAL_RUN_ATTR, "")
     trial = f"trial {best.number}"
     if run_id:
         trial = tracking.run_link(parent.info.experiment_id, run_id, f"trial {best.number} ({run_id})")
@@ -138,7 +147,8 @@ def describe_study(study, states, parent, objective, test_metric, best):
         result += f", {test_metric} {best.user_attrs[test_metric]:.4f}"
     return (
         f"{text} Best: **{trial}**, {result}, with {param_values(best.params)}. Optuna's plots and "
-        "`trials.csv` (every trial with its run id) are under `sweep/` in the artifacts."
+        f"`{schema.TRIALS_TABLE_ARTIFACT.rpartition('/')[2]}` (every trial with its run id) are under "
+        f"`{schema.SWEEP_FOLDER}/` in the artifacts."
     )
 
 
@@ -148,12 +158,12 @@ def record_trial(client, spec, study, trial):
     from 1, as `best_epoch` does; Optuna's steps (and its own messages) count them from 0."""
     for run in trial_runs(spec.experiment_id, spec.study_name, trial.number):
         name = tracking.run_name("", trial.params, {}, prefix=f"{spec.study_name}-trial-{trial.number}")
-        tags = {"optuna.trial_state": trial.state.name, tracking.RUN_NAME_TAG: name}
+        tags = {schema.TRIAL_STATE_TAG: trial.state.name, schema.RUN_NAME_TAG: name}
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
             step = max(trial.intermediate_values)
-            tags["pruned_at_epoch"] = step + 1
-            metric, epochs = objective_of(client, spec.parent_run_id), run.data.params.get("epochs", "?")
-            tags[tracking.DESCRIPTION_TAG] = (
+            tags[schema.PRUNED_AT_EPOCH_TAG] = step + 1
+            metric, epochs = objective_of(client.get_run(spec.parent_run_id)), run.data.params.get("epochs", "?")
+            tags[schema.DESCRIPTION_TAG] = (
                 f"Trial {trial.number} of study {spec.study_name}, pruned after epoch {step + 1} of {epochs} "
                 f"(Optuna's step {step}): its {metric} {trial.intermediate_values[step]:.4f} trailed the other "
                 f"trials'. With {param_values(trial.params)}."
@@ -162,16 +172,17 @@ def record_trial(client, spec, study, trial):
     report_progress(client, spec.parent_run_id, study)
 
 
-def objective_of(client, parent_run_id):
-    """The metric the study optimizes (and its pruner watches), as its run's `objective` param names it."""
-    return (client.get_run(parent_run_id).data.params.get("objective", "").split()[-1:] or ["value"])[0]
+def objective_of(study_run):
+    """The metric the study optimizes (and its pruner watches), as its run's objective param
+    ("maximize val_accuracy") names it."""
+    return (study_run.data.params.get(schema.OBJECTIVE_PARAM, "").split()[-1:] or ["value"])[0]
 
 
 def finish_study_run(client, run_id, study, status):
     """The final summary, the trials table and Optuna's plots; then end the run with `status`."""
     tracking.retrying(lambda: report_progress(client, run_id, study))
     try:
-        client.log_text(run_id, trials_table(client, run_id, study).to_csv(index=False), "sweep/trials.csv")
+        client.log_text(run_id, trials_table(client, run_id, study).to_csv(index=False), schema.TRIALS_TABLE_ARTIFACT)
     except Exception:
         pass
     with warnings.catch_warnings():
@@ -184,22 +195,23 @@ def finish_study_run(client, run_id, study, status):
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             # Saved to the bounds of what is drawn: the default frame cuts long parameter names
             # ("rning_rate") and the parallel coordinates' axis labels.
-            client.log_figure(run_id, figure, f"sweep/{name}.png", save_kwargs={"bbox_inches": "tight", "dpi": 120})
+            path = f"{schema.SWEEP_FOLDER}/{name}.png"
+            client.log_figure(run_id, figure, path, save_kwargs={"bbox_inches": "tight", "dpi": 120})
             plt.close(figure)
     liveness.HEARTBEAT.remove(run_id)
     tracking.retrying(lambda: client.set_terminated(run_id, status))
 
 
 def trials_table(client, run_id, study):
-    """Optuna's table of the trials with each one's MLflow run id (`user_attrs_mlflow_run_id`),
+    """Optuna's table of the trials with each one's MLflow run id (`user_attrs_<TRIAL_RUN_ATTR>`),
     pruned and failed trials included: those never return to record it."""
     table = study.trials_dataframe()
     experiment_id = client.get_run(run_id).info.experiment_id
-    query = f"tags.`optuna.study_name` = '{study.study_name}' AND tags.sweep = 'trial'"
+    query = schema.trials_filter(study.study_name)
     found = {}
     for run in client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"]):
-        found[int(run.data.tags["optuna.trial_number"])] = run.info.run_id  # the latest run of each trial
-    column = "user_attrs_mlflow_run_id"
+        found[schema.trial_number(run.data.tags)] = run.info.run_id  # the latest run of each trial
+    column = f"user_attrs_{schema.TRIAL_RUN_ATTR}"
     recorded = table[column] if column in table else None
     table[column] = table["number"].map(found)
     if recorded is not None:
@@ -220,7 +232,7 @@ def describe_trial(trial, metric):
 
 def trial_runs(experiment_id, study_name, number, status=None):
     """The MLflow runs of one trial of the study (one, or none before it started)."""
-    query = f"tags.`optuna.study_name` = '{study_name}' AND tags.`optuna.trial_number` = '{number}'"
+    query = schema.trials_filter(study_name, number)
     if status:
         query += f" AND attributes.status = '{status}'"
     return mlflow.MlflowClient().search_runs([experiment_id], filter_string=query)
@@ -239,7 +251,7 @@ class FailStaleTrial:
     def __call__(self, study, trial):
         client = mlflow.MlflowClient()
         for run in trial_runs(self.experiment_id, self.study_name, trial.number, status="RUNNING"):
-            client.set_tag(run.info.run_id, "optuna.trial_state", TrialState.FAIL.name)
+            client.set_tag(run.info.run_id, schema.TRIAL_STATE_TAG, TrialState.FAIL.name)
             client.set_terminated(run.info.run_id, "FAILED")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)

@@ -13,7 +13,7 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from experiments import RunFailed, resolve
-from pipelines import checkpoints, stopping, tracking
+from pipelines import checkpoints, schema, stopping, tracking
 from pipelines.data import monitored_metric, prepare_data
 from pipelines.sweeps import search_space, storage, study_run
 from pipelines.sweeps.callbacks import TrialPruning
@@ -69,15 +69,15 @@ def run_worker(spec, splits=None):
             variant,
             params,
             callbacks=[TrialPruning(trial, metric, earlier_values)],
-            tags={"optuna.study_name": spec.study_name, "optuna.trial_number": str(trial.number), "sweep": "trial"},
+            tags=schema.trial_tags(spec.study_name, trial.number),
             run_name=tracking.run_name("", suggested, {}, prefix=f"{spec.study_name}-trial-{trial.number}"),
             parent_run_id=spec.parent_run_id,
             splits=splits,
             system_metrics_interval=spec.system_metrics_interval,
             start_from=checkpoint,
         )
-        trial.set_user_attr("mlflow_run_id", result.run_id)
-        trial.set_user_attr("model_id", result.model_id)
+        trial.set_user_attr(schema.TRIAL_RUN_ATTR, result.run_id)
+        trial.set_user_attr(schema.TRIAL_MODEL_ATTR, result.model_id)
         trial.set_user_attr(task.primary_metric, result.metrics[task.primary_metric])
         return result.history[metric][-1]
 
@@ -125,7 +125,7 @@ def next_trial(study, spec, on_stale):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage")  # storage.heartbeat covers it
             trial = study.ask()  # a queued retry first, else a new trial
-        trial.set_user_attr("worker", storage.worker_id())  # how a dead worker's trial is found
+        trial.set_user_attr(schema.TRIAL_WORKER_ATTR, storage.worker_id())  # how a dead worker's trial is found
     return trial
 
 
