@@ -377,8 +377,8 @@ def run_comparison(spec, output, experiment):
     try:
         tags = {schema.STEP_TAG: schema.COMPARE_STEP, schema.COMPARED_TAG: spec}
         experiment_id = _comparison_experiment(experiment)
-        name = f"compare-{_slug(spec)}"
-        with tracking.mlflow_run(name, tags, system_metrics_interval=0, experiment_id=experiment_id) as run:
+        run_name = f"compare-{_slug(spec)}"
+        with tracking.mlflow_run(run_name, tags, system_metrics_interval=0, experiment_id=experiment_id) as run:
             mlflow.log_param(schema.COMPARED_PARAM, spec)
             mlflow.log_text(page, schema.COMPARISON_REPORT_ARTIFACT)
             mlflow.log_text(table.to_csv(index=False), f"{schema.COMPARISON_FOLDER}/table.csv")
