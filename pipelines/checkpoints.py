@@ -1,5 +1,4 @@
-"""Per-epoch checkpoints of a training, kept with its run in MLflow's artifact store, and
-the per-epoch metrics, logged with them.
+"""Per-epoch checkpoints of a training, kept with its run in MLflow's artifact store.
 
 A checkpoint is Keras' `BackupAndRestore` backup (the weights with the optimizer's state,
 and the epochs done) plus what that backup leaves out and a resumed training needs to
@@ -19,11 +18,8 @@ number in their folder's name, and `state.json` may point only at another checkp
 folder of the same run. Through a tracking server the artifacts live on the server, so
 any machine can resume.
 
-An epoch's metrics are logged right after the checkpoint that holds it, never before: a
-training killed after its last checkpoint resumes from it, recomputes the epochs after it
-and logs them then, so that no step is missing from the run or logged twice. A kill
-between a checkpoint and its metrics leaves steps the resumed training logs from the
-checkpoint's history.
+Each complete checkpoint tells the run's `logging_callbacks.EpochMetrics`, which logs an
+epoch's metrics only once a checkpoint holds it.
 """
 
 import hashlib
@@ -37,7 +33,6 @@ from pathlib import Path
 
 import keras
 import mlflow
-from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -53,7 +48,6 @@ FOLDER_PATTERN = re.compile(rf"{schema.CHECKPOINTS_FOLDER}/epoch-(\d+)")
 # loses at most this much training besides the epoch under way.
 MIN_SECONDS_BETWEEN = 1.0
 SEED_STATE = "seed_generator_state"  # Keras' name for a random generator's state variable
-MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 
 
 def folder(epoch):
@@ -93,20 +87,21 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
 
     Given a `restored` checkpoint, training continues from it: Keras loads the weights,
     optimizer state and epoch at `on_train_begin`, and this adds the generators' states
-    and early stopping's. `history` holds every epoch's logs, those before the checkpoint
-    included, and `seconds_before` the training time up to the checkpoint. `kept` are the
-    checkpoint folders the run holds already.
+    and early stopping's. `epoch_metrics` (`logging_callbacks.EpochMetrics`, placed before
+    this among `fit`'s callbacks) holds every epoch's logs and duration, which each
+    checkpoint saves; it is told each time a checkpoint is complete. `seconds_before` is
+    the training time up to the restored checkpoint. `kept` are the checkpoint folders the
+    run holds already.
     """
 
-    def __init__(self, run_id, workdir, early_stopping=None, restored=None, kept=()):
+    def __init__(self, run_id, workdir, epoch_metrics, early_stopping=None, restored=None, kept=()):
         super().__init__(backup_dir=str(workdir), delete_checkpoint=False)
         self.run_id = run_id
         self.workdir = Path(workdir)
+        self.epoch_metrics = epoch_metrics
         self.early_stopping = early_stopping
         self.restored = restored
         state = restored.state if restored else {}
-        self.history = {name: list(values) for name, values in state.get("history", {}).items()}
-        self.epoch_seconds = list(state.get("epoch_seconds", []))
         self.seconds_before = state.get("train_seconds", 0.0)
         self.best_path = None
         # This run's checkpoint folders: those a resumed run holds already (older ones a kill left
@@ -115,7 +110,6 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
         if restored and restored.run_id == run_id:  # not a new run started from another's checkpoint
             self.best_path = (state.get("early_stopping") or {}).get("path")
         self._written_epoch = restored.epoch if restored else 0
-        self._logged_epochs = self._written_epoch  # epochs whose metrics are in the run
         self._last_write = float("-inf")
         self._latest = None  # the folder of the checkpoint written (or restored) last
         self._warned = False
@@ -154,8 +148,6 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         self._fit_start = time.perf_counter()
         super().on_train_begin(logs)
-        if self.restored:
-            self._log_restored_epochs()
         if self.restored and self.restored.run_id == self.run_id:
             # What a kill left beside the checkpoint goes now: no epoch may be left to train.
             self._forget_superseded(self.restored.path)
@@ -168,23 +160,9 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
         self.early_stopping.best_epoch = saved["best_epoch"]
         self.early_stopping.best_weights = self._best_weights or self.model.get_weights()
 
-    def _log_restored_epochs(self):
-        """The checkpoint's epochs whose metrics this run lacks: all of them in a new run
-        started from another run's checkpoint, those a kill cut off in the same run."""
-        client = mlflow.MlflowClient()
-        logged = {metric.step for metric in client.get_metric_history(self.run_id, schema.EPOCH_TIME_METRIC)}
-        missing = [step for step in range(self.restored.epoch) if step not in logged]
-        self._log_epochs(missing)
-
     # --- writing --------------------------------------------------------------------
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.perf_counter()
-
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
-        for name, value in (logs or {}).items():
-            self.history.setdefault(name, []).append(float(value))
         self._current_epoch = epoch + 1
         last = self._current_epoch >= self.params["epochs"]
         best = self.early_stopping is not None and self.early_stopping.best_epoch == epoch  # kept on disk
@@ -204,8 +182,8 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
         path = folder(epoch)
         state = {
             "epoch": epoch,
-            "history": self.history,
-            "epoch_seconds": self.epoch_seconds,
+            "history": self.epoch_metrics.history,
+            "epoch_seconds": self.epoch_metrics.epoch_seconds,
             "train_seconds": self.seconds_before + time.perf_counter() - self._fit_start,
             "seed_states": [v.numpy().tolist() for v in _seed_states(self.model)],
             "early_stopping": self._early_stopping_state(path),
@@ -217,20 +195,7 @@ class RunCheckpoint(keras.callbacks.BackupAndRestore):
             client.log_artifact(self.run_id, str(self.workdir / name), path)
         self._written_epoch, self._last_write = epoch, time.monotonic()
         self._forget_superseded(path)
-        self.log_pending()
-
-    def log_pending(self):
-        """Log the metrics of the epochs done since the last logged ones."""
-        done = len(self.epoch_seconds)
-        self._log_epochs(range(self._logged_epochs, done))
-        self._logged_epochs = done
-
-    def _log_epochs(self, steps):
-        now = int(time.time() * 1000)
-        series = {**self.history, schema.EPOCH_TIME_METRIC: self.epoch_seconds}
-        metrics = [Metric(name, values[step], now, step) for name, values in series.items() for step in steps]
-        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            mlflow.MlflowClient().log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+        self.epoch_metrics.checkpointed(epoch)
 
     def _early_stopping_state(self, path):
         stopping = self.early_stopping

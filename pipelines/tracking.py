@@ -1,5 +1,5 @@
-"""MLflow around a run: the store, the run's lifecycle, and what a training logs on top of
-MLflow's Keras callback."""
+"""MLflow around a run: the store, the run's lifecycle, and what a training logs besides
+its Keras callbacks (`logging_callbacks`)."""
 
 import contextlib
 import functools

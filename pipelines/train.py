@@ -2,7 +2,8 @@
 
 Steps are plain functions: prepare_data (`data`) -> build_model -> fit_model -> served_model
 -> evaluate_model; `train` chains them inside an MLflow run, checkpointed after every epoch
-(and resumed from a checkpoint when asked), and logs what autologging does not.
+(and resumed from a checkpoint when asked), and logs the run: autologging stays off, and
+`logging_callbacks` log in its place what a kill must not lose or repeat.
 """
 
 import math
@@ -22,9 +23,10 @@ from experiments import RunFailed
 from experiments.task import EVALUATION_BATCH_SIZE
 from pipelines import checkpoints, reporting, resume, schema, stopping, tracking
 from pipelines.data import monitored_metric, prepare_data
+from pipelines.logging_callbacks import EpochMetrics, ModelSummary
 from pipelines.params import SYSTEM_METRICS_INTERVAL, declared_params, knob_values
 
-# Steps run per call into the compiled train function. Batch-end callbacks (autolog's,
+# Steps run per call into the compiled train function. Batch-end callbacks (CheckStop,
 # TerminateOnNaN) and Python dispatch then cost once per 32 steps instead of every step:
 # small models such as churn gain most; conv nets, bound by their kernels, gain little
 # (benchmarks/performance.md).
@@ -69,8 +71,8 @@ def build_model(task, variant, params, splits, steps_per_execution=STEPS_PER_EXE
     if params["lr_schedule"] == "cosine":
         steps_per_epoch = math.ceil(len(splits.x_train) / params["batch_size"])
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, params["epochs"] * steps_per_epoch)
-    # Named as the parameter: Keras would number a process's later optimizers (adam_2), and
-    # autolog's optimizer_name param would then change when a run is resumed, which MLflow refuses.
+    # Named as the parameter: Keras would number a process's later optimizers (adam_2), and the
+    # logged optimizer configuration of a sweep's later trials would differ from the first's.
     config = {"learning_rate": learning_rate, "name": params["optimizer"]}
     optimizer = keras.optimizers.get({"class_name": params["optimizer"], "config": config})
     model.compile(
@@ -80,39 +82,6 @@ def build_model(task, variant, params, splits, steps_per_execution=STEPS_PER_EXE
         steps_per_execution=steps_per_execution,
     )
     return model
-
-
-class RunSummary(mlflow.keras.MlflowCallback):
-    """MLflow's Keras callback, the one `mlflow.keras.autolog` adds to `fit`, for what it logs
-    as training begins: the optimizer's configuration as params and the model summary.
-
-    What else autolog does is done elsewhere, so that a run never lies after a SIGKILL:
-    - Per-epoch metrics are logged with each checkpoint (`checkpoints.RunCheckpoint`), never
-      ahead of it: autolog's, queued at every epoch end, would be lost to a kill, or logged a
-      second time by the resumed training that recomputes the epochs after the checkpoint.
-    - The `validation_*` copies autolog logs at every evaluation's end (with no step) are
-      left out: the per-epoch `val_*` metrics hold the same numbers.
-    - `fit`'s arguments are not logged as params: ours are (`epochs`, `batch_size`, ...),
-      and a resumed run given more epochs could not log `epochs` again.
-    - The model is logged by `log_model`, with signature and input example; the datasets by
-      `log_datasets`, with their real source and all three splits.
-    - The optimizer's configuration is an artifact (`optimizer_config.json`), not two dozen
-      `optimizer_*` params beside ours: what a run varies of it is one of our params
-      (`optimizer`, `learning_rate`, `lr_schedule`), and autolog's copies contradicted them
-      (a float32 `optimizer_learning_rate`, a schedule's config in place of the rate).
-    """
-
-    def on_train_begin(self, logs=None):
-        mlflow.log_dict(self.model.optimizer.get_config(), schema.OPTIMIZER_CONFIG_ARTIFACT)
-        lines = []
-        self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
-        mlflow.log_text("\n".join(lines), schema.MODEL_SUMMARY_ARTIFACT)
-
-    def on_epoch_end(self, epoch, logs=None):
-        pass
-
-    def on_test_end(self, logs=None):
-        pass
 
 
 class ShuffledBatches(keras.callbacks.Callback):
@@ -137,7 +106,6 @@ class ShuffledBatches(keras.callbacks.Callback):
 
         batches = tf.data.Dataset.range(self.count).batch(batch_size)
         self.dataset = batches.map(gather).prefetch(PREFETCHED_BATCHES).with_options(WITHOUT_AUTOTUNE)
-        self.dataset._batch_size = batch_size  # where MLflow's Keras autolog looks for a dataset's batch size
 
     def on_epoch_begin(self, epoch, logs=None):
         # Before the epoch's iterator starts reading: Keras creates it after this call.
@@ -286,7 +254,7 @@ def train(
     if resume_run_id:  # refused here, before the run changes
         resumption = resume.resumption_of(resume_run_id, task, variant, params, digests)
         restored = resumption.checkpoint
-    mlflow.keras.autolog(disable=True)  # tracking.RunSummary and the checkpoints log what it would
+    mlflow.keras.autolog(disable=True)  # logging_callbacks log what it would, in step with the checkpoints
     run_tags = {schema.TASK_TAG: task.name, schema.VARIANT_TAG: variant, schema.ENTRY_POINT_TAG: name, **(tags or {})}
     if resumption or restored:
         run_tags[schema.RESUMED_FROM_EPOCH_TAG] = restored.epoch if restored else 0
@@ -325,22 +293,21 @@ def train(
         tracking.map_installed_packages()  # for log_model, while training runs
         with tempfile.TemporaryDirectory(prefix="checkpoint-") as workdir:
             kept = resumption.run_folders if resumption else ()
-            checkpoint = checkpoints.RunCheckpoint(run.info.run_id, workdir, early_stopping, restored, kept)
+            epoch_metrics = EpochMetrics(run.info.run_id, restored)
+            checkpoint = checkpoints.RunCheckpoint(
+                run.info.run_id, workdir, epoch_metrics, early_stopping, restored, kept
+            )
+            # The epoch's metrics and early stopping before the checkpoint, which saves their state; pruning after it.
+            run_callbacks = [ModelSummary(), epoch_metrics, *([early_stopping] if early_stopping else []), checkpoint]
             start = time.perf_counter()
             try:
                 with stopping.deferred():  # TensorFlow's code is no place for a signal's exception
-                    # Early stopping before the checkpoint, which records its state; a pruning callback after it.
-                    fit_model(
-                        model,
-                        splits,
-                        params,
-                        [RunSummary(), *([early_stopping] if early_stopping else []), checkpoint, *callbacks],
-                    )
+                    fit_model(model, splits, params, [*run_callbacks, *callbacks])
             except optuna.TrialPruned:
-                checkpoint.log_pending()  # a pruned trial is never resumed: its last epochs are all it will have
+                epoch_metrics.log_pending()  # a pruned trial is never resumed: its last epochs are all it will have
                 raise
             train_seconds = checkpoint.seconds_before + time.perf_counter() - start
-        history = checkpoint.history
+        history = epoch_metrics.history
         check_finite(history, params)
         if early_stopping:
             epochs_run = {

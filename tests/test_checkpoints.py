@@ -21,6 +21,7 @@ from experiments import resolve
 from pipelines import checkpoints, liveness, resume, schema, tracking
 from pipelines.cli import main
 from pipelines.data import prepare_data
+from pipelines.logging_callbacks import EpochMetrics
 from pipelines.params import declared_params, parse_params
 from pipelines.train import train
 from tests.conftest import _class_images
@@ -54,6 +55,27 @@ def slow_mnist(tmp_path):
         y_test=y_test.astype("uint8"),
     )
     return path
+
+
+def test_epoch_metrics_are_logged_once_a_checkpoint_holds_them_and_never_twice(store):
+    client = mlflow.MlflowClient()
+    with mlflow.start_run() as run:
+        run_id = run.info.run_id
+        epoch_metrics = EpochMetrics(run_id)
+        for epoch, loss in enumerate([0.9, 0.5, 0.4]):
+            epoch_metrics.on_epoch_begin(epoch)
+            epoch_metrics.on_epoch_end(epoch, {"loss": loss})
+            if epoch == 0:
+                assert steps(client, run_id, "loss") == []  # no checkpoint holds it yet
+        epoch_metrics.checkpointed(2)
+        epoch_metrics.checkpointed(2)
+        assert sorted(steps(client, run_id, "loss")) == [0, 1]
+        assert sorted(steps(client, run_id, schema.EPOCH_TIME_METRIC)) == [0, 1]
+        # Resumed from that checkpoint after a kill that cut its metrics off: the missing step is logged.
+        state = {"epoch": 3, "history": epoch_metrics.history, "epoch_seconds": epoch_metrics.epoch_seconds}
+        EpochMetrics(run_id, checkpoints.Checkpoint(run_id, checkpoints.folder(3), {}, state)).on_train_begin()
+        history = sorted(client.get_metric_history(run_id, "loss"), key=lambda metric: metric.step)
+        assert [(m.step, m.value) for m in history] == [(0, 0.9), (1, 0.5), (2, 0.4)]
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def test_every_entry_point_trains_and_logs_a_complete_run(name, store, tiny):
     assert run.data.params["seed"] == "42" and run.data.params["epochs"] == "1"
     for knob in task.variants[variant].knobs:  # the model was built from its logged knobs
         assert run.data.params[knob] == str(params[knob]), knob
-    assert task.primary_metric in run.data.metrics and "loss" in run.data.metrics  # autologged
+    assert task.primary_metric in run.data.metrics and "loss" in run.data.metrics  # test and per-epoch
     assert len(store.get_metric_history(run.info.run_id, "epoch_time_s")) == 1
     artifacts = {a.path for a in store.list_artifacts(run.info.run_id, "figures")}
     assert "figures/learning_curves.png" in artifacts
