@@ -10,7 +10,8 @@
 
 What else autolog would log comes from `train`: our params (not `fit`'s arguments, which a
 resumed run given more epochs could not log again), the datasets with their real source
-and all three splits, and the model with its signature and input example.
+and all three splits, and the model with its signature and input example. Autolog's
+`validation_*` copies of each evaluation are left out: the `val_*` metrics hold the same numbers.
 """
 
 import time
